@@ -1,0 +1,34 @@
+"""The server: the Streamlit portal, the HTTP API under /api/v1, and the export worker.
+
+`streamlit run app.py` and `uvicorn app:app` both serve it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import streamlit as st
+from starlette.routing import Mount
+
+from audit_core import api
+from audit_core.portal import context
+
+
+@asynccontextmanager
+async def lifespan(_app: Any) -> AsyncIterator[dict[str, Any]]:
+    """Open the database (migrating it) and run one export worker for this process."""
+    ctx = context()
+    worker = api.start_worker(ctx)
+    try:
+        yield {}
+    finally:
+        api.stop_worker(worker)
+
+
+app = st.App(
+    "navigation.py",
+    routes=[Mount("/api/v1", routes=api.routes())],
+    lifespan=lifespan,
+)

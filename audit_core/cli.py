@@ -1,0 +1,244 @@
+"""`python -m audit_core ...`: operators' and scripts' commands, acting as cli:<os user>."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy import Engine
+
+from . import export as export_mod
+from . import ingest as ingest_mod
+from . import store
+from .config import ConfigError, Settings
+from .db import make_engine, migrate
+from .filters import AuditFilter, FilterError, parse_format
+from .integrity import verify
+
+
+class CliError(Exception):
+    """A failure to report as one line on stderr with exit status 2."""
+
+
+def actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # noqa: BLE001 - no login name in some containers
+        return "cli:unknown"
+
+
+def open_engine(settings: Settings) -> Engine:
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    return engine
+
+
+def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
+    """Create or migrate the database."""
+    open_engine(settings)
+    print(f"database ready: {settings.engine_kind}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Add generated demo records."""
+    from .demo import generate
+
+    engine = open_engine(settings)
+    bar = _progress(args.records, "demo")
+    with engine.begin() as conn:
+        added = store.append(conn, _counting(generate(args.records, seed=args.seed), bar))
+    bar.close()
+    print(f"added {added} demo records", file=sys.stderr)
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    """Load records from files; a file with any bad record is refused whole."""
+    engine = open_engine(settings)
+    total_added = 0
+    for name in args.files:
+        with _source(name, args.format) as (opener, fmt, label):
+            bar = _progress(None, label)
+            try:
+                report = ingest_mod.ingest(engine, opener, fmt, progress=lambda n: _set(bar, n))
+            except ingest_mod.IngestError as exc:
+                bar.close()
+                for pos, reason in exc.problems:
+                    print(f"{label}: record {pos}: {reason}", file=sys.stderr)
+                raise CliError(f"{label}: refused: {exc}") from None
+            except store.ConflictError as exc:
+                bar.close()
+                raise CliError(f"{label}: refused: {exc}; nothing was added") from None
+            bar.close()
+        total_added += report.added
+        print(
+            f"{label}: {report.total} records, {report.added} added, "
+            f"{report.already_stored} already stored",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    """Write matching records to stdout or a file."""
+    fmt = parse_format(args.format)
+    flt = AuditFilter.parse(
+        start=args.start, end=args.end, action=args.action, user=args.user,
+        namespace=args.namespace,
+    )
+    engine = open_engine(settings)
+    out: IO[bytes]
+    with engine.connect() as conn:
+        plan = export_mod.plan(conn, flt, fmt)
+        if args.output and args.output != "-":
+            target = Path(args.output)
+            tmp = target.with_name(target.name + ".part")
+            with open(tmp, "wb") as out:
+                for chunk in export_mod.chunks(conn, plan):
+                    out.write(chunk)
+            tmp.replace(target)
+        else:
+            out = sys.stdout.buffer
+            for chunk in export_mod.chunks(conn, plan):
+                out.write(chunk)
+            out.flush()
+    with engine.begin() as conn:
+        store.log_event(
+            conn, action="audit.export", user=actor(), role="admin",
+            resource=f"{fmt} {plan.total} rows; {plan.filter.describe()}",
+            resource_type="AuditExport", namespace=settings.self_namespace, source_ip="local",
+        )
+    print(f"exported {plan.total} records", file=sys.stderr)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    """Check every checksum and the hash chain; exit 1 naming the first bad row."""
+    engine = open_engine(settings)
+    with engine.connect() as conn:
+        result = verify(conn)
+    if result.ok:
+        print(f"ok: {result.checked} records, checksums and hash chain intact")
+        return 0
+    where = f"record {result.bad_id}" if result.bad_id else "end of the log"
+    print(f"FAILED at {where}: {result.reason} ({result.checked} records verified before it)")
+    return 1
+
+
+def _progress(total: int | None, label: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=label, unit=" rec", unit_scale=True, file=sys.stderr,
+                disable=not sys.stderr.isatty(), mininterval=0.5)
+
+
+def _set(bar: Any, n: int) -> None:
+    bar.update(n - bar.n)
+
+
+def _counting(items: Any, bar: Any) -> Any:
+    for i, item in enumerate(items, 1):
+        if i % 5000 == 0:
+            bar.update(5000)
+        yield item
+
+
+class _source:  # noqa: N801 - used as a context manager
+    """Open a named file, or spool stdin ('-') to a temporary file so it can be read twice."""
+
+    def __init__(self, name: str, fmt: str | None) -> None:
+        self.name, self.fmt = name, fmt
+        self.tmp: Any = None
+
+    def __enter__(self) -> tuple[Callable[[], IO[bytes]], str, str]:
+        if self.name == "-":
+            if not self.fmt:
+                raise CliError("reading stdin needs --format json|jsonl|csv")
+            self.tmp = tempfile.NamedTemporaryFile(prefix="audit-ingest-")  # noqa: SIM115
+            while chunk := sys.stdin.buffer.read(1 << 20):
+                self.tmp.write(chunk)
+            self.tmp.flush()
+            path = Path(self.tmp.name)
+            label = "stdin"
+        else:
+            path = Path(self.name)
+            if not path.is_file():
+                raise CliError(f"{self.name}: no such file")
+            label = self.name
+        try:
+            fmt = ingest_mod.detect_format(self.name if self.name != "-" else "", self.fmt)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        return ingest_mod.opener_for(path), fmt, label
+
+    def __exit__(self, *exc: object) -> None:
+        if self.tmp is not None:
+            self.tmp.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m audit_core", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("init", help="create or migrate the database").set_defaults(func=cmd_init)
+
+    d = sub.add_parser("demo", help="add generated demo records")
+    d.add_argument("--records", type=int, default=50_000, help="how many (default 50000)")
+    d.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    d.set_defaults(func=cmd_demo)
+
+    i = sub.add_parser("ingest", help="load .json (seed envelope), .jsonl or .csv files")
+    i.add_argument("files", nargs="+", metavar="FILE", help="files to load; '-' reads stdin")
+    i.add_argument("--format", choices=ingest_mod.FORMATS, help="format (needed for stdin)")
+    i.set_defaults(func=cmd_ingest)
+
+    e = sub.add_parser("export", help="export matching records")
+    e.add_argument("--format", default="csv", help="csv, json or jsonl (default csv)")
+    e.add_argument("--from", dest="start", help="ISO 8601 start, inclusive")
+    e.add_argument("--to", dest="end", help="ISO 8601 end, exclusive (default now)")
+    e.add_argument("--action", help="actions, comma-separated; family.* for a family")
+    e.add_argument("--user", help="users, comma-separated, any case")
+    e.add_argument("--namespace", help="namespaces, comma-separated")
+    e.add_argument("-o", "--output", help="file to write (default stdout)")
+    e.set_defaults(func=cmd_export)
+
+    v = sub.add_parser("verify", help="check checksums and the hash chain")
+    v.set_defaults(func=cmd_verify)
+
+    _add_later_commands(sub)
+    return p
+
+
+def _add_later_commands(sub: Any) -> None:
+    """Commands owned by other modules (worker, users, tokens) register here."""
+    for module_name in ("audit_core.worker", "audit_core.access"):
+        try:
+            module = __import__(module_name, fromlist=["register_cli"])
+        except ImportError:
+            continue
+        register = getattr(module, "register_cli", None)
+        if register is not None:
+            register(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        return int(args.func(args, settings) or 0)
+    except (CliError, FilterError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one clear line, never a traceback
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2

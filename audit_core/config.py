@@ -1,0 +1,86 @@
+"""Settings read from the environment (and, for the portal, Streamlit secrets)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_DATABASE_URL = "sqlite:///data/audit.db"
+
+
+class ConfigError(ValueError):
+    """A setting has a value the portal cannot use."""
+
+
+def _int(env: dict[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    database_configured: bool = False
+    export_dir: Path = Path("data/exports")
+    sync_export_limit: int = 10_000
+    export_ttl_hours: int = 6
+    self_namespace: str = "audit-portal"
+    admins: tuple[str, ...] = ()
+    secret_key: str = field(default="", repr=False)
+    max_concurrent_streams: int = 2
+    max_queued_jobs: int = 5
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        """Read settings from environment variables (AUDIT_*)."""
+        env = dict(os.environ if env is None else env)
+        url = env.get("AUDIT_DATABASE_URL", "").strip()
+        admins = tuple(
+            a.strip().lower() for a in env.get("AUDIT_ADMINS", "").split(",") if a.strip()
+        )
+        export_dir = Path(env.get("AUDIT_EXPORT_DIR", "") or "data/exports")
+        return cls(
+            database_url=url or DEFAULT_DATABASE_URL,
+            database_configured=bool(url),
+            export_dir=export_dir,
+            sync_export_limit=_int(env, "AUDIT_SYNC_EXPORT_LIMIT", 10_000),
+            export_ttl_hours=_int(env, "AUDIT_EXPORT_TTL_HOURS", 6),
+            self_namespace=env.get("AUDIT_SELF_NAMESPACE", "") or "audit-portal",
+            admins=admins,
+            secret_key=env.get("AUDIT_SECRET_KEY", "") or _local_secret(export_dir),
+            max_concurrent_streams=_int(env, "AUDIT_MAX_CONCURRENT_STREAMS", 2),
+            max_queued_jobs=_int(env, "AUDIT_MAX_QUEUED_JOBS", 5),
+        )
+
+    @property
+    def engine_kind(self) -> str:
+        return self.database_url.split(":", 1)[0].split("+", 1)[0]
+
+
+def _local_secret(export_dir: Path) -> str:
+    """Return a per-installation signing secret kept beside the export files.
+
+    Used only when AUDIT_SECRET_KEY is unset, so a single-host install works out of
+    the box; several hosts must share AUDIT_SECRET_KEY.
+    """
+    path = export_dir.parent / "secret.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first
+            pass
+        else:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()

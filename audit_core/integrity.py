@@ -1,0 +1,60 @@
+"""Prove the log unchanged: every checksum, and the hash chain in insertion order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, select
+
+from .models import AuditRecord, ChainHead
+from .record import FIELDS, chain_next, compute_checksum
+
+T = AuditRecord.__table__
+BATCH = 10_000
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    checked: int
+    bad_id: str | None = None
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.bad_id is None and self.reason is None
+
+
+def verify(conn: Connection, progress: Callable[[int], None] | None = None) -> VerifyResult:
+    """Walk every record in key order; return the first that breaks a checksum or the chain."""
+    cols = [T.c.seq, *(T.c[f] for f in FIELDS), T.c.chain]
+    prev = "0" * 64
+    last_seq = 0
+    checked = 0
+    while True:
+        rows = conn.execute(
+            select(*cols).where(T.c.seq > last_seq).order_by(T.c.seq).limit(BATCH)
+        ).all()
+        if not rows:
+            break
+        for row in rows:
+            fields = dict(zip(FIELDS, row[1:-1], strict=True))
+            if compute_checksum(fields) != fields["checksum"]:
+                return VerifyResult(checked, fields["id"], "its fields do not match its checksum")
+            prev = chain_next(prev, fields["checksum"])
+            if prev != row[-1]:
+                return VerifyResult(
+                    checked, fields["id"], "the hash chain breaks here (a record before it "
+                    "was removed, inserted or changed)",
+                )
+            checked += 1
+        last_seq = rows[-1][0]
+        if progress:
+            progress(checked)
+    head = conn.execute(select(ChainHead.last_hash).where(ChainHead.id == 1)).scalar()
+    if head != prev:
+        return VerifyResult(
+            checked, None, "the newest records do not reach the chain's recorded tip "
+            "(records were removed from the end)",
+        )
+    return VerifyResult(checked)

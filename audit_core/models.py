@@ -1,0 +1,152 @@
+"""SQLAlchemy 2.x typed models: the audit record, the chain head, jobs, users, tokens."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only aliases ROWID (and so autoincrements) for a column typed exactly INTEGER.
+SeqType = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Store instants as naive UTC; hand them back timezone-aware."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; use an aware UTC instant")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class AuditRecord(Base):
+    """One audit event: the seed's fields plus ordering, search and chain columns."""
+
+    __tablename__ = "audit_records"
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    record_id: Mapped[str] = mapped_column("id", String(64), unique=True)
+    ts: Mapped[int] = mapped_column(BigInteger)  # microseconds since the epoch, UTC
+    timestamp: Mapped[str] = mapped_column(String(40))  # as exported: ISO 8601 with Z
+    action: Mapped[str] = mapped_column(String(200))
+    user: Mapped[str] = mapped_column(String(320))
+    user_lc: Mapped[str] = mapped_column(String(320))
+    role: Mapped[str] = mapped_column(String(200))
+    resource: Mapped[str] = mapped_column(Text)
+    resource_type: Mapped[str] = mapped_column("resourceType", String(200))
+    namespace: Mapped[str] = mapped_column(String(200))
+    source_ip: Mapped[str] = mapped_column("sourceIP", String(64))
+    checksum: Mapped[str] = mapped_column(String(71))
+    chain: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (
+        Index("ix_audit_ts", "ts", "seq"),
+        Index("ix_audit_ns_ts", "namespace", "ts", "seq"),
+        Index("ix_audit_action_ts", "action", "ts", "seq"),
+        Index("ix_audit_user_ts", "user_lc", "ts", "seq"),
+    )
+
+
+class ChainHead(Base):
+    """The single row that serialises appends and remembers the chain's tip."""
+
+    __tablename__ = "chain_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_hash: Mapped[str] = mapped_column(String(64))
+    appends: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class IdCounter(Base):
+    """Daily sequence numbers for generated ids (audit-YYYYMMDD-NNN, export-YYYYMMDD-NNN)."""
+
+    __tablename__ = "id_counters"
+
+    prefix: Mapped[str] = mapped_column(String(40), primary_key=True)
+    last: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ExportJob(Base):
+    """A background export: its request, its lease and its file."""
+
+    __tablename__ = "export_jobs"
+
+    job_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    requested_by: Mapped[str] = mapped_column(String(320), index=True)
+    requested_role: Mapped[str] = mapped_column(String(16))
+    scope: Mapped[str] = mapped_column(Text)  # JSON: granted namespaces at enqueue, or null
+    filter_json: Mapped[str] = mapped_column(Text)
+    filter_text: Mapped[str] = mapped_column(Text)
+    format: Mapped[str] = mapped_column(String(8))
+    compression: Mapped[str] = mapped_column(String(8), default="none")
+    estimated_records: Mapped[int] = mapped_column(BigInteger)
+    snapshot_seq: Mapped[int] = mapped_column(BigInteger)
+    source_ip: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    rows_written: Mapped[int] = mapped_column(BigInteger, default=0)
+    file_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    file_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    file_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class PortalUser(Base):
+    """A person who may sign in: role and namespace grants."""
+
+    __tablename__ = "portal_users"
+
+    email: Mapped[str] = mapped_column(String(320), primary_key=True)  # lower-case
+    role: Mapped[str] = mapped_column(String(16))
+    namespaces: Mapped[str] = mapped_column(Text)  # "*" or comma list
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ApiToken(Base):
+    """An API bearer token, kept only as a hash with a short visible prefix."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    prefix: Mapped[str] = mapped_column(String(32), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64))
+    email: Mapped[str] = mapped_column(String(320), index=True)
+    created_by: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+audit_table = AuditRecord.__table__

@@ -1,0 +1,167 @@
+"""Append records to the log: one writer at a time, hash chain, daily id counters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection, func, insert, select, update
+
+from .models import AuditRecord, ChainHead, IdCounter
+from .record import ID_RE, Record, chain_next, compute_checksum, format_instant, normalize
+
+T = AuditRecord.__table__
+HEAD = ChainHead.__table__
+COUNTERS = IdCounter.__table__
+INSERT_BATCH = 5_000
+
+
+class ConflictError(ValueError):
+    """An incoming record reuses a stored id with different content."""
+
+
+def lock_head(conn: Connection) -> tuple[int, str]:
+    """Take the append lock (a write to the head row) and return (last_seq, last_hash).
+
+    Writing first makes SQLite take its write lock before reading anything and makes
+    PostgreSQL lock the row, so concurrent appenders queue here instead of forking the chain.
+    """
+    conn.execute(update(HEAD).where(HEAD.c.id == 1).values(appends=HEAD.c.appends + 1))
+    row = conn.execute(select(HEAD.c.last_seq, HEAD.c.last_hash).where(HEAD.c.id == 1)).one()
+    return int(row.last_seq), str(row.last_hash)
+
+
+def next_id(conn: Connection, prefix: str) -> str:
+    """Return the next daily id for prefix (e.g. 'audit-20260301'); caller holds the lock."""
+    last = conn.execute(select(COUNTERS.c.last).where(COUNTERS.c.prefix == prefix)).scalar()
+    if last is None:
+        conn.execute(insert(COUNTERS).values(prefix=prefix, last=1))
+        n = 1
+    else:
+        n = int(last) + 1
+        conn.execute(update(COUNTERS).where(COUNTERS.c.prefix == prefix).values(last=n))
+    return f"{prefix}-{n:03d}"
+
+
+def _raise_counters(conn: Connection, records: Sequence[Record]) -> None:
+    highest: dict[str, int] = {}
+    for r in records:
+        m = ID_RE.match(r.id)
+        if m:
+            prefix = f"audit-{m.group(1)}"
+            highest[prefix] = max(highest.get(prefix, 0), int(m.group(2)))
+    if not highest:
+        return
+    rows = conn.execute(
+        select(COUNTERS.c.prefix, COUNTERS.c.last).where(COUNTERS.c.prefix.in_(list(highest)))
+    ).all()
+    known = {p: int(last) for p, last in rows}
+    for prefix, n in highest.items():
+        if prefix not in known:
+            conn.execute(insert(COUNTERS).values(prefix=prefix, last=n))
+        elif n > known[prefix]:
+            conn.execute(update(COUNTERS).where(COUNTERS.c.prefix == prefix).values(last=n))
+
+
+def existing_checksums(conn: Connection, ids: Sequence[str]) -> dict[str, str]:
+    """Map the given ids that are already stored to their checksums."""
+    found: dict[str, str] = {}
+    for i in range(0, len(ids), 900):
+        chunk = list(ids[i : i + 900])
+        found.update(conn.execute(select(T.c.id, T.c.checksum).where(T.c.id.in_(chunk))).all())
+    return found
+
+
+def append(conn: Connection, records: Iterable[Record]) -> int:
+    """Append new records in order, skipping ids already stored with the same checksum.
+
+    Runs inside the caller's transaction, which must be the first write in it.
+    Raises ConflictError when an id is stored with a different checksum.
+    """
+    last_seq, last_hash = lock_head(conn)
+    added = 0
+    batch: list[Record] = []
+
+    def flush() -> None:
+        nonlocal last_seq, last_hash, added
+        if not batch:
+            return
+        stored = existing_checksums(conn, [r.id for r in batch])
+        rows = []
+        seen: set[str] = set()
+        for r in batch:
+            if r.id in stored or r.id in seen:
+                if stored.get(r.id, r.checksum) != r.checksum:
+                    raise ConflictError(f"id {r.id} is already stored with other content")
+                continue
+            seen.add(r.id)
+            last_hash = chain_next(last_hash, r.checksum)
+            rows.append(_row(r, last_hash))
+        if rows:
+            conn.execute(insert(T), rows)
+            _raise_counters(conn, batch)
+            added += len(rows)
+        batch.clear()
+
+    for record in records:
+        batch.append(record)
+        if len(batch) >= INSERT_BATCH:
+            flush()
+    flush()
+    if added:
+        last_seq = conn.execute(select(func.max(T.c.seq))).scalar() or 0
+        conn.execute(
+            update(HEAD).where(HEAD.c.id == 1).values(last_seq=last_seq, last_hash=last_hash)
+        )
+    return added
+
+
+def _row(r: Record, chain: str) -> dict[str, object]:
+    return {
+        "id": r.id,
+        "ts": r.ts,
+        "timestamp": r.timestamp,
+        "action": r.action,
+        "user": r.user,
+        "user_lc": r.user.lower(),
+        "role": r.role,
+        "resource": r.resource,
+        "resourceType": r.resourceType,
+        "namespace": r.namespace,
+        "sourceIP": r.sourceIP,
+        "checksum": r.checksum,
+        "chain": chain,
+    }
+
+
+def log_event(
+    conn: Connection,
+    *,
+    action: str,
+    user: str,
+    role: str,
+    resource: str,
+    resource_type: str,
+    namespace: str,
+    source_ip: str = "",
+    when: datetime | None = None,
+) -> Record:
+    """Write one of the portal's own events into the log, as an ordinary chained record."""
+    when = when or datetime.now(UTC)
+    lock_head(conn)
+    rid = next_id(conn, f"audit-{when:%Y%m%d}")
+    fields = {
+        "id": rid,
+        "timestamp": format_instant(when),
+        "action": action,
+        "user": user,
+        "role": role,
+        "resource": resource[:4000],
+        "resourceType": resource_type,
+        "namespace": namespace,
+        "sourceIP": source_ip or "local",
+    }
+    fields["checksum"] = compute_checksum(fields)
+    record = normalize(fields)
+    append(conn, [record])
+    return record

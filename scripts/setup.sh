@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Create .venv and install the pinned requirements (skipped when nothing changed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+req=${1:-requirements.txt}
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+stamp=".venv/.installed-$(cat requirements*.txt | sha256sum | cut -c1-16)-$(basename "$req")"
+if [ ! -f "$stamp" ]; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r "$req"
+  touch "$stamp"
+fi

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Start the local PostgreSQL cluster if it is not answering (the machine's own service).
+set -euo pipefail
+if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then exit 0; fi
+if command -v pg_ctlcluster >/dev/null 2>&1; then
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start || true
+fi
+for _ in $(seq 1 30); do
+  pg_isready -q -h 127.0.0.1 -p 5432 && exit 0
+  sleep 1
+done
+echo "PostgreSQL is not answering on 127.0.0.1:5432" >&2
+exit 1

@@ -1,0 +1,112 @@
+"""Fixtures: a fresh SQLite file per test, and a PostgreSQL database of our own per session."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+
+from audit_core import store
+from audit_core.config import Settings
+from audit_core.db import make_engine, migrate
+from audit_core.demo import generate
+
+PG_ADMIN_URL = os.environ.get(
+    "AUDIT_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+ENGINES = ["sqlite", "postgresql"]
+TABLES = ("audit_records", "id_counters", "export_jobs", "portal_users", "api_tokens")
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """Create a PostgreSQL database for this test session and drop it afterwards."""
+    name = f"audit_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_engine(pg_url: str) -> Iterator[Engine]:
+    """The session's PostgreSQL engine, migrated once."""
+    engine = make_engine(pg_url)
+    migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+def reset(engine: Engine) -> None:
+    """Empty every table and reset the chain head."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY"))
+        else:
+            for t in TABLES:
+                conn.execute(text(f"DELETE FROM {t}"))
+        conn.execute(
+            text("UPDATE chain_head SET last_seq = 0, last_hash = :h, appends = 0"),
+            {"h": "0" * 64},
+        )
+
+
+@pytest.fixture(params=ENGINES)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL for a fresh, migrated, empty database on each engine."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/audit.db"
+        engine = make_engine(url)
+        migrate(engine)
+        engine.dispose()
+        return url
+    pg: Engine = request.getfixturevalue("pg_engine")
+    reset(pg)
+    return str(pg.url.render_as_string(hide_password=False))
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    """An engine on a fresh, migrated, empty database (SQLite file or PostgreSQL)."""
+    eng = make_engine(db_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path) -> Settings:
+    """Settings pointing at the test database and a temporary export folder."""
+    return Settings(
+        database_url=db_url,
+        database_configured=True,
+        export_dir=tmp_path / "exports",
+        secret_key="test-secret-key-0123456789abcdef0123456789",
+    )
+
+
+@pytest.fixture
+def env(settings: Settings) -> dict[str, str]:
+    """Environment variables for a subprocess using the test database."""
+    out = dict(os.environ)
+    out.update(
+        AUDIT_DATABASE_URL=settings.database_url,
+        AUDIT_EXPORT_DIR=str(settings.export_dir),
+        AUDIT_SECRET_KEY=settings.secret_key,
+    )
+    return out
+
+
+def add_demo(engine: Engine, n: int, seed: int = 1) -> int:
+    """Append n generated demo records."""
+    with engine.begin() as conn:
+        return store.append(conn, generate(n, seed=seed))
