@@ -12,7 +12,7 @@ from typing import Any
 import streamlit as st
 from starlette.routing import Mount
 
-from audit_core import api
+from audit_core import api, worker
 from audit_core.portal import context
 
 
@@ -20,11 +20,11 @@ from audit_core.portal import context
 async def lifespan(_app: Any) -> AsyncIterator[dict[str, Any]]:
     """Open the database (migrating it) and run one export worker for this process."""
     ctx = context()
-    worker = api.start_worker(ctx)
+    running = worker.start_in_process(ctx)
     try:
         yield {}
     finally:
-        api.stop_worker(worker)
+        running.stop()
 
 
 app = st.App(

@@ -8,7 +8,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from .portal import Context
 
 
 def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
@@ -28,12 +27,3 @@ async def not_found(request: Request) -> JSONResponse:
 
 def routes() -> list[BaseRoute]:
     return [Route("/{path:path}", not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH"])]
-
-
-def start_worker(ctx: Context) -> Any:
-    """Start this process's export worker (the jobs issue fills this in)."""
-    return None
-
-
-def stop_worker(worker: Any) -> None:
-    return None
