@@ -209,7 +209,10 @@ class AuditFilter:
             bits.append("user " + _or(self.users))
         if self.namespaces:
             bits.append("namespace " + _or(self.namespaces))
-        return "; ".join(bits).capitalize() if bits else "All records"
+        if not bits:
+            return "All records"
+        text = "; ".join(bits)
+        return text[0].upper() + text[1:]
 
 
 def _or(values: tuple[str, ...]) -> str:

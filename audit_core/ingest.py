@@ -69,13 +69,11 @@ def read_raw(fh: IO[bytes], fmt: str) -> Iterator[Any]:
                 except orjson.JSONDecodeError as exc:
                     yield _Bad(f"line {n} is not JSON: {exc}")
     elif fmt == "json":
-        head = fh.read(1)
-        while head and head.isspace():
-            head = fh.read(1)
-        rest = _Prepend(head, fh)
-        path = "records.item" if head == b"{" else "item"
+        start = fh.read(4096).lstrip()
+        fh.seek(0)
+        path = "records.item" if start.startswith(b"{") else "item"
         try:
-            yield from ijson.items(rest, path, use_float=True)
+            yield from ijson.items(fh, path, use_float=True)
         except ijson.JSONError as exc:
             yield _Bad(f"the file is not valid JSON: {exc}")
     else:
@@ -107,27 +105,6 @@ def read_raw(fh: IO[bytes], fmt: str) -> Iterator[Any]:
 class _Bad:
     def __init__(self, reason: str) -> None:
         self.reason = reason
-
-
-class _Prepend(io.RawIOBase):
-    """A byte stream with some bytes put back in front."""
-
-    def __init__(self, head: bytes, fh: IO[bytes]) -> None:
-        self.head, self.fh = head, fh
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        if self.head:
-            out, self.head = self.head, b""
-            return out + (self.fh.read(n - len(out)) if n > len(out) else b"")
-        return self.fh.read(n)
-
-    def readinto(self, b: Any) -> int:
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
 
 
 def records(
