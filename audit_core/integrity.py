@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, select
 
-from .models import AuditRecord, ChainHead
+from .models import AUDIT as T
+from .models import HEAD
 from .record import FIELDS, chain_next, compute_checksum
 
-T = AuditRecord.__table__
 BATCH = 10_000
 
 
@@ -51,7 +51,7 @@ def verify(conn: Connection, progress: Callable[[int], None] | None = None) -> V
         last_seq = rows[-1][0]
         if progress:
             progress(checked)
-    head = conn.execute(select(ChainHead.last_hash).where(ChainHead.id == 1)).scalar()
+    head = conn.execute(select(HEAD.c.last_hash).where(HEAD.c.id == 1)).scalar()
     if head != prev:
         return VerifyResult(
             checked, None, "the newest records do not reach the chain's recorded tip "

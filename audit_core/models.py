@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import cast
 
 from sqlalchemy import (
     BigInteger,
@@ -11,6 +12,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     TypeDecorator,
 )
@@ -149,4 +151,10 @@ class ApiToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
-audit_table = AuditRecord.__table__
+# Typed handles on the tables for Core statements (Model.__table__ is typed as FromClause).
+AUDIT = cast(Table, AuditRecord.__table__)
+HEAD = cast(Table, ChainHead.__table__)
+COUNTERS = cast(Table, IdCounter.__table__)
+JOBS = cast(Table, ExportJob.__table__)
+USERS = cast(Table, PortalUser.__table__)
+TOKENS = cast(Table, ApiToken.__table__)

@@ -7,12 +7,10 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Connection, func, insert, select, update
 
-from .models import AuditRecord, ChainHead, IdCounter
+from .models import AUDIT as T
+from .models import COUNTERS, HEAD
 from .record import ID_RE, Record, chain_next, compute_checksum, format_instant, normalize
 
-T = AuditRecord.__table__
-HEAD = ChainHead.__table__
-COUNTERS = IdCounter.__table__
 INSERT_BATCH = 5_000
 
 
