@@ -1,18 +1,35 @@
-"""Principals, roles and namespace grants; the one place a filter is scoped to a person.
+"""Principals, roles and namespace grants; portal users, API tokens, local mode.
 
-(Users, API tokens and signed download links are added by the access issue.)
+The one place a filter is scoped to a person (scope), and the one place people and
+their tokens are managed. Every change to a user or a token is written to the audit
+log in the same transaction as the change itself.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import ipaddress
+import os
+import re
+import secrets
+import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
+from sqlalchemy import Connection, Engine, Table, insert, select, update
+
+from . import store
+from .config import Settings
 from .filters import AuditFilter
+from .models import ApiToken, PortalUser
 
 ROLES = ("admin", "auditor", "viewer")
 
 
-class AccessDenied(PermissionError):
+class AccessDenied(PermissionError):  # noqa: N818 - the names say what happened
     """The principal may not do this; the message says why, without leaking data."""
 
 
@@ -55,3 +72,662 @@ def scope(principal: Principal, flt: AuditFilter) -> AuditFilter:
 
 
 LOCAL_ADMIN = Principal(email="local-admin", role="admin", namespaces=None, source_ip="127.0.0.1")
+
+USERS = cast(Table, PortalUser.__table__)
+TOKENS = cast(Table, ApiToken.__table__)
+TOKEN_SCHEME = "aep"
+_TOKEN_RE = re.compile(r"^aep_([0-9a-f]{8})_([A-Za-z0-9_-]{32,128})$")
+_PREFIX_RE = re.compile(r"^(?:aep_)?([0-9a-f]{8})$")
+_EMAIL_RE = re.compile(r"^[^@\s,]+@[^@\s,]+$")
+_NAMESPACE_RE = re.compile(r"^[^\x00-\x1f\x7f,*]{1,200}$")
+MAX_TOKEN_DAYS = 3650
+# A token's last-used time is written at most this often, so a busy API client does not
+# turn every request into a write.
+LAST_USED_GRANULARITY = timedelta(minutes=1)
+
+
+class Unauthorized(PermissionError):  # noqa: N818 - the names say what happened
+    """No valid credential was presented (HTTP 401); the message says which check failed."""
+
+
+class UserError(ValueError):
+    """A user or token request that cannot be carried out (bad email, role, grant, unknown)."""
+
+
+class UnsafeLocalMode(RuntimeError):  # noqa: N818 - the names say what happened
+    """Sign-in is off and the server would listen beyond loopback."""
+
+
+# ---------------------------------------------------------------------------- users
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    """One portal user as stored: namespaces None means every namespace ('*')."""
+
+    email: str
+    role: str
+    namespaces: frozenset[str] | None
+    active: bool
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def grants(self) -> str:
+        return grants_text(self.namespaces)
+
+
+def grants_text(namespaces: frozenset[str] | None) -> str:
+    """Write grants as stored and shown: '*' or a sorted comma list."""
+    return "*" if namespaces is None else ",".join(sorted(namespaces))
+
+
+def parse_grants(raw: str | Iterable[str]) -> frozenset[str] | None:
+    """Validate grants given as '*', 'a,b' or a list of names; None means every namespace."""
+    parts = raw.split(",") if isinstance(raw, str) else list(raw)
+    names = [p.strip() for p in parts if p and p.strip()]
+    if names == ["*"]:
+        return None
+    if "*" in names:
+        raise UserError("grant either '*' (every namespace) or a list of namespaces, not both")
+    if not names:
+        raise UserError("give at least one namespace, or '*' for every namespace")
+    for name in names:
+        if not _NAMESPACE_RE.match(name):
+            raise UserError(f"namespace {name!r} is not a valid namespace name")
+    return frozenset(names)
+
+
+def normalize_email(email: str) -> str:
+    """Lower-case and check an email address (the key of a portal user)."""
+    value = (email or "").strip().lower()
+    if len(value) > 320 or not _EMAIL_RE.match(value):
+        raise UserError(f"{email!r} is not an email address")
+    return value
+
+
+def _user(row: Any) -> UserInfo:
+    grants = None if row.namespaces == "*" else frozenset(filter(None, row.namespaces.split(",")))
+    return UserInfo(row.email, row.role, grants, bool(row.active), row.created_at, row.updated_at)
+
+
+def _get_user(conn: Connection, email: str) -> UserInfo | None:
+    row = conn.execute(select(USERS).where(USERS.c.email == email)).first()
+    return None if row is None else _user(row)
+
+
+def _require_admin(actor: Principal, what: str) -> None:
+    if not actor.is_admin:
+        raise AccessDenied(f"only an administrator may {what}")
+
+
+def _log(
+    conn: Connection,
+    settings_ns: str,
+    actor: Principal,
+    action: str,
+    resource: str,
+    resource_type: str,
+) -> None:
+    store.log_event(
+        conn,
+        action=action,
+        user=actor.email,
+        role=actor.role,
+        resource=resource,
+        resource_type=resource_type,
+        namespace=settings_ns,
+        source_ip=actor.source_ip,
+    )
+
+
+def _describe(
+    old: UserInfo | None, role: str | None, grants: frozenset[str] | None | str, active: bool
+) -> str:
+    was_role = old.role if old and old.active else "none"
+    was_grants = old.grants if old and old.active else "none"
+    now_role = role if active and role else "none"
+    now_grants = grants if isinstance(grants, str) else grants_text(grants)
+    return f"role {was_role} -> {now_role}; namespaces {was_grants} -> {now_grants}"
+
+
+def upsert_user(
+    engine: Engine,
+    email: str,
+    role: str,
+    namespaces: str | Iterable[str],
+    actor: Principal,
+    *,
+    settings: Settings | None = None,
+) -> UserInfo:
+    """Add a user or change their role and grants (re-activating a removed one); audited.
+
+    Admins always see every namespace, so an admin must be granted '*'.
+    A request that changes nothing writes nothing.
+    """
+    _require_admin(actor, "change portal users")
+    email = normalize_email(email)
+    if role not in ROLES:
+        raise UserError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    grants = parse_grants(namespaces)
+    if role == "admin" and grants is not None:
+        raise UserError("an admin sees every namespace: grant '*'")
+    ns = _self_namespace(settings)
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        store.lock_head(conn)  # take the log's write lock first: serialises user changes
+        old = _get_user(conn, email)
+        if old and old.active and old.role == role and old.namespaces == grants:
+            return old
+        values = {
+            "role": role,
+            "namespaces": grants_text(grants),
+            "active": True,
+            "updated_at": now,
+        }
+        if old is None:
+            conn.execute(insert(USERS).values(email=email, created_at=now, **values))
+        else:
+            conn.execute(update(USERS).where(USERS.c.email == email).values(**values))
+        _log(
+            conn,
+            ns,
+            actor,
+            "portal.user.change",
+            f"{email}: {_describe(old, role, grants, True)}",
+            "PortalUser",
+        )
+        info = _get_user(conn, email)
+    assert info is not None
+    return info
+
+
+def remove_user(
+    engine: Engine, email: str, actor: Principal, *, settings: Settings | None = None
+) -> UserInfo:
+    """Deactivate a user (their tokens stop working at once); audited.
+
+    The row stays, so the history keeps its meaning and a bootstrap admin who was
+    removed is not silently re-created at the next sign-in.
+    """
+    _require_admin(actor, "remove portal users")
+    email = normalize_email(email)
+    ns = _self_namespace(settings)
+    with engine.begin() as conn:
+        store.lock_head(conn)
+        old = _get_user(conn, email)
+        if old is None or not old.active:
+            raise UserError(f"no active portal user {email}")
+        conn.execute(
+            update(USERS)
+            .where(USERS.c.email == email)
+            .values(active=False, updated_at=datetime.now(UTC))
+        )
+        _log(
+            conn,
+            ns,
+            actor,
+            "portal.user.change",
+            f"{email}: removed; {_describe(old, None, 'none', False)}",
+            "PortalUser",
+        )
+        info = _get_user(conn, email)
+    assert info is not None
+    return info
+
+
+def list_users(conn: Connection) -> list[UserInfo]:
+    """Every portal user, active or not, by email."""
+    return [_user(r) for r in conn.execute(select(USERS).order_by(USERS.c.email)).all()]
+
+
+def principal_for(
+    conn: Connection, email: str, settings: Settings, source_ip: str = ""
+) -> Principal | None:
+    """Map a signed-in email to a principal; None when the person has no active grant.
+
+    An email listed in settings.admins (AUDIT_ADMINS) that has no row yet becomes an
+    admin with every namespace: the row is created and the change audited.
+    """
+    try:
+        key = normalize_email(email)
+    except UserError:
+        return None
+    user = _get_user(conn, key)
+    if user is None and key in settings.admins:
+        user = _bootstrap_admin(conn.engine, key, settings, source_ip)
+    if user is None or not user.active:
+        return None
+    return Principal(key, user.role, user.namespaces, source_ip)
+
+
+def _bootstrap_admin(engine: Engine, email: str, settings: Settings, source_ip: str) -> UserInfo:
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        store.lock_head(conn)
+        user = _get_user(conn, email)
+        if user is not None:  # someone else bootstrapped (or removed) them meanwhile
+            return user
+        conn.execute(
+            insert(USERS).values(
+                email=email,
+                role="admin",
+                namespaces="*",
+                active=True,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        who = Principal(email, "admin", None, source_ip)
+        _log(
+            conn,
+            settings.self_namespace,
+            who,
+            "portal.user.change",
+            f"{email}: {_describe(None, 'admin', None, True)} (bootstrap from AUDIT_ADMINS)",
+            "PortalUser",
+        )
+        user = _get_user(conn, email)
+    assert user is not None
+    return user
+
+
+def _self_namespace(settings: Settings | None) -> str:
+    """The namespace of the portal's own records, without building full settings."""
+    if settings is not None:
+        return settings.self_namespace
+    return os.environ.get("AUDIT_SELF_NAMESPACE", "") or Settings.self_namespace
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """What is shown about a token: never the secret, only its visible prefix."""
+
+    prefix: str
+    email: str
+    created_by: str
+    created_at: datetime
+    expires_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    def state(self, now: datetime | None = None) -> str:
+        """'active', 'expired' or 'revoked'."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at <= (now or datetime.now(UTC)):
+            return "expired"
+        return "active"
+
+
+def _token(row: Any) -> TokenInfo:
+    return TokenInfo(
+        row.prefix,
+        row.email,
+        row.created_by,
+        row.created_at,
+        row.expires_at,
+        row.last_used_at,
+        row.revoked_at,
+    )
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def create_token(
+    engine: Engine,
+    email: str,
+    actor: Principal,
+    *,
+    expires_in_days: int = 90,
+    settings: Settings | None = None,
+    now: datetime | None = None,
+) -> tuple[str, TokenInfo]:
+    """Issue an API token for an active user; return (plaintext, info). Audited.
+
+    The plaintext `aep_<prefix>_<secret>` is returned once and never stored: the
+    database keeps its SHA-256 and the visible prefix `aep_<prefix>`.
+    """
+    _require_admin(actor, "issue API tokens")
+    email = normalize_email(email)
+    if not 1 <= expires_in_days <= MAX_TOKEN_DAYS:
+        raise UserError(f"expires-in-days must be between 1 and {MAX_TOKEN_DAYS}")
+    now = now or datetime.now(UTC)
+    expires = now + timedelta(days=expires_in_days)
+    with engine.begin() as conn:
+        store.lock_head(conn)
+        user = _get_user(conn, email)
+        if user is None or not user.active:
+            raise UserError(f"no active portal user {email}; add them first")
+        while True:  # 32-bit visible prefix: retry the rare collision
+            short = secrets.token_hex(4)
+            prefix = f"{TOKEN_SCHEME}_{short}"
+            taken = conn.execute(select(TOKENS.c.id).where(TOKENS.c.prefix == prefix)).first()
+            if taken is None:
+                break
+        plaintext = f"{prefix}_{secrets.token_urlsafe(32)}"
+        conn.execute(
+            insert(TOKENS).values(
+                prefix=prefix,
+                token_hash=_hash(plaintext),
+                email=email,
+                created_by=actor.email,
+                created_at=now,
+                expires_at=expires,
+            )
+        )
+        _log(
+            conn,
+            _self_namespace(settings),
+            actor,
+            "portal.token.create",
+            f"{prefix} for {email}, expires {expires:%Y-%m-%dT%H:%M:%SZ}",
+            "ApiToken",
+        )
+        row = conn.execute(select(TOKENS).where(TOKENS.c.prefix == prefix)).one()
+    return plaintext, _token(row)
+
+
+def bearer_token(authorization: str | None) -> str:
+    """Take the token out of an `Authorization: Bearer <token>` header value ('' if none)."""
+    scheme, _, value = (authorization or "").strip().partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else ""
+
+
+# A stand-in hash compared when the prefix is unknown, so that path costs the same.
+_NO_HASH = _hash("aep_00000000_" + "x" * 43)
+
+
+def authenticate_token(
+    engine: Engine, token: str | None, source_ip: str = "", *, now: datetime | None = None
+) -> Principal:
+    """Return the principal a bearer token stands for, or raise Unauthorized.
+
+    Refuses a missing, malformed, unknown, expired or revoked token and a token whose
+    user was removed. The hash is compared in constant time.
+    """
+    if not token:
+        raise Unauthorized("an API token is required: send Authorization: Bearer <token>")
+    m = _TOKEN_RE.match(token.strip())
+    if m is None:
+        raise Unauthorized("the API token is malformed")
+    plaintext = m.group(0)
+    prefix = f"{TOKEN_SCHEME}_{m.group(1)}"
+    now = now or datetime.now(UTC)
+    with engine.connect() as conn:
+        row = conn.execute(select(TOKENS).where(TOKENS.c.prefix == prefix)).first()
+        stored = row.token_hash if row is not None else _NO_HASH
+        matches = hmac.compare_digest(stored.encode(), _hash(plaintext).encode())
+        if row is None or not matches:
+            raise Unauthorized("the API token is not valid")
+        if row.revoked_at is not None:
+            raise Unauthorized(f"API token {prefix} was revoked")
+        if row.expires_at <= now:
+            raise Unauthorized(f"API token {prefix} has expired")
+        user = _get_user(conn, row.email)
+        last_used = row.last_used_at
+    if user is None or not user.active:
+        raise Unauthorized(f"API token {prefix} belongs to a user who no longer has access")
+    if last_used is None or now - last_used >= LAST_USED_GRANULARITY:
+        with engine.begin() as conn:
+            conn.execute(update(TOKENS).where(TOKENS.c.prefix == prefix).values(last_used_at=now))
+    return Principal(user.email, user.role, user.namespaces, source_ip)
+
+
+def revoke_token(
+    engine: Engine, prefix: str, actor: Principal, *, settings: Settings | None = None
+) -> TokenInfo:
+    """Revoke a token by its visible prefix (`aep_xxxxxxxx` or `xxxxxxxx`); audited.
+
+    An admin may revoke any token, anyone else only their own. Revoking an already
+    revoked token changes nothing and writes nothing.
+    """
+    m = _PREFIX_RE.match((prefix or "").strip().lower())
+    if m is None:
+        raise UserError(f"{prefix!r} is not a token prefix such as aep_1a2b3c4d")
+    key = f"{TOKEN_SCHEME}_{m.group(1)}"
+    with engine.begin() as conn:
+        store.lock_head(conn)
+        row = conn.execute(select(TOKENS).where(TOKENS.c.prefix == key)).first()
+        if row is None or not (actor.is_admin or row.email == actor.email):
+            raise UserError(f"no API token {key}")
+        if row.revoked_at is not None:
+            return _token(row)
+        conn.execute(
+            update(TOKENS).where(TOKENS.c.prefix == key).values(revoked_at=datetime.now(UTC))
+        )
+        _log(
+            conn,
+            _self_namespace(settings),
+            actor,
+            "portal.token.revoke",
+            f"{key} for {row.email}",
+            "ApiToken",
+        )
+        row = conn.execute(select(TOKENS).where(TOKENS.c.prefix == key)).one()
+    return _token(row)
+
+
+def list_tokens(conn: Connection, who: Principal) -> list[TokenInfo]:
+    """Tokens the principal may see: every token for an admin, otherwise their own."""
+    stmt = select(TOKENS).order_by(TOKENS.c.created_at.desc(), TOKENS.c.id.desc())
+    if not who.is_admin:
+        stmt = stmt.where(TOKENS.c.email == who.email)
+    return [_token(r) for r in conn.execute(stmt).all()]
+
+
+# ------------------------------------------------------------------ audit of access
+
+
+def denied(
+    engine: Engine,
+    who_email: str,
+    role: str,
+    what: str,
+    source_ip: str,
+    settings: Settings,
+    *,
+    resource_type: str = "PortalUser",
+) -> None:
+    """Write one portal.access_denied record: who tried what, from where."""
+    with engine.begin() as conn:
+        store.log_event(
+            conn,
+            action="portal.access_denied",
+            user=who_email or "anonymous",
+            role=role or "none",
+            resource=what,
+            resource_type=resource_type,
+            namespace=settings.self_namespace,
+            source_ip=source_ip,
+        )
+
+
+def signed_in(engine: Engine, principal: Principal, settings: Settings) -> None:
+    """Write one portal.signin record for a person who signed in to the portal."""
+    with engine.begin() as conn:
+        store.log_event(
+            conn,
+            action="portal.signin",
+            user=principal.email,
+            role=principal.role,
+            resource=f"{principal.email}: namespaces {grants_text(principal.namespaces)}",
+            resource_type="PortalUser",
+            namespace=settings.self_namespace,
+            source_ip=principal.source_ip,
+        )
+
+
+# ----------------------------------------------------------------------- local mode
+
+
+def auth_configured(secrets_mapping: Mapping[str, Any] | None) -> bool:
+    """True when the secrets hold a non-empty [auth] section (sign-in through st.login).
+
+    Any [auth] counts: an incomplete one fails closed (sign-in errors), never open.
+    """
+    if not secrets_mapping:
+        return False
+    try:
+        section = secrets_mapping.get("auth")
+    except Exception:  # noqa: BLE001 - a secrets object that cannot be read has no [auth]
+        return False
+    return isinstance(section, Mapping) and len(section) > 0
+
+
+def is_loopback(address: str) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1 (an empty address means every interface)."""
+    host = (address or "").strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def check_local_mode(server_address: str | None, auth_configured: bool) -> None:
+    """Refuse to serve local mode (one local admin, no sign-in) beyond loopback."""
+    if auth_configured or is_loopback(server_address or ""):
+        return
+    shown = server_address or "(every interface)"
+    raise UnsafeLocalMode(
+        f"refusing to start: sign-in is off (no [auth] in .streamlit/secrets.toml), so the "
+        f"portal runs in local mode where everyone is an administrator, and server.address "
+        f"is {shown}, which is not loopback. Set server.address to 127.0.0.1 or configure "
+        f"[auth] (see .streamlit/secrets.toml.example)."
+    )
+
+
+# ---------------------------------------------------------------------- command line
+
+
+def _cli_actor() -> Principal:
+    from .cli import actor
+
+    return Principal(actor(), "admin", None, "local")
+
+
+def _run(fn: Any) -> Any:
+    """Run a CLI action, turning refusals into one-line CLI errors."""
+    from .cli import CliError
+
+    def wrapped(args: Any, settings: Settings) -> int:
+        try:
+            return int(fn(args, settings) or 0)
+        except (UserError, AccessDenied) as exc:
+            raise CliError(str(exc)) from None
+
+    wrapped.__doc__ = fn.__doc__
+    return wrapped
+
+
+def _engine(settings: Settings) -> Engine:
+    from .cli import open_engine
+
+    return open_engine(settings)
+
+
+def cmd_users_add(args: Any, settings: Settings) -> int:
+    """Add a portal user or change their role and grants."""
+    info = upsert_user(
+        _engine(settings), args.email, args.role, args.namespaces, _cli_actor(), settings=settings
+    )
+    print(f"{info.email}: {info.role}, namespaces {info.grants}")
+    return 0
+
+
+def cmd_users_list(args: Any, settings: Settings) -> int:
+    """List portal users."""
+    with _engine(settings).connect() as conn:
+        users = list_users(conn)
+    for u in users:
+        print(f"{u.email}\t{u.role}\t{u.grants}\t{'active' if u.active else 'removed'}")
+    return 0
+
+
+def cmd_users_remove(args: Any, settings: Settings) -> int:
+    """Remove a portal user (their tokens stop working)."""
+    info = remove_user(_engine(settings), args.email, _cli_actor(), settings=settings)
+    print(f"{info.email}: removed")
+    return 0
+
+
+def cmd_tokens_create(args: Any, settings: Settings) -> int:
+    """Issue an API token; the token is printed once on stdout."""
+    plaintext, info = create_token(
+        _engine(settings),
+        args.email,
+        _cli_actor(),
+        expires_in_days=args.expires_in_days,
+        settings=settings,
+    )
+    print(plaintext)
+    print(
+        f"token {info.prefix} for {info.email}, expires {info.expires_at:%Y-%m-%dT%H:%M:%SZ}"
+        " (shown once: store it now)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_tokens_revoke(args: Any, settings: Settings) -> int:
+    """Revoke an API token by its prefix."""
+    info = revoke_token(_engine(settings), args.prefix, _cli_actor(), settings=settings)
+    print(f"{info.prefix}: revoked")
+    return 0
+
+
+def cmd_tokens_list(args: Any, settings: Settings) -> int:
+    """List API tokens (prefixes only)."""
+    with _engine(settings).connect() as conn:
+        tokens = list_tokens(conn, _cli_actor())
+    for t in tokens:
+        used = f"{t.last_used_at:%Y-%m-%dT%H:%M:%SZ}" if t.last_used_at else "never"
+        print(
+            f"{t.prefix}\t{t.email}\t{t.state()}\texpires "
+            f"{t.expires_at:%Y-%m-%dT%H:%M:%SZ}\tlast used {used}"
+        )
+    return 0
+
+
+def register_cli(subparsers: Any) -> None:
+    """Add `users add|list|remove` and `tokens create|revoke|list`."""
+    users = subparsers.add_parser("users", help="manage portal users and namespace grants")
+    us = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    a = us.add_parser("add", help="add a user or change their role and grants")
+    a.add_argument("email", metavar="EMAIL")
+    a.add_argument("--role", required=True, choices=ROLES, help="admin, auditor or viewer")
+    a.add_argument(
+        "--namespaces", required=True, help="comma-separated namespaces, or '*' for every namespace"
+    )
+    a.set_defaults(func=_run(cmd_users_add))
+    us.add_parser("list", help="list users").set_defaults(func=_run(cmd_users_list))
+    r = us.add_parser("remove", help="remove a user (their tokens stop working)")
+    r.add_argument("email", metavar="EMAIL")
+    r.set_defaults(func=_run(cmd_users_remove))
+
+    tokens = subparsers.add_parser("tokens", help="issue, list and revoke API tokens")
+    ts = tokens.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
+    c = ts.add_parser("create", help="issue a token for a user (printed once)")
+    c.add_argument("email", metavar="EMAIL")
+    c.add_argument(
+        "--expires-in-days",
+        type=int,
+        default=90,
+        metavar="D",
+        help="days until the token expires (default 90)",
+    )
+    c.set_defaults(func=_run(cmd_tokens_create))
+    v = ts.add_parser("revoke", help="revoke a token by its prefix")
+    v.add_argument("prefix", metavar="TOKEN_PREFIX", help="e.g. aep_1a2b3c4d")
+    v.set_defaults(func=_run(cmd_tokens_revoke))
+    ts.add_parser("list", help="list tokens").set_defaults(func=_run(cmd_tokens_list))

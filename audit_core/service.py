@@ -1,7 +1,10 @@
 """What pages and routes call: every read and export takes the acting principal.
 
 There is no unscoped path from the UI or the API to the log: each function scopes
-the filter to the principal's grants first (access.scope) and audits exports.
+the filter to the principal's grants first (access.scope), refuses a namespace
+outside them (AccessDenied), and refuses exports to roles that may only view.
+These functions raise and never write the denial themselves: the face that catches
+AccessDenied answers it (403, or a message) and records it once with access.denied.
 """
 
 from __future__ import annotations
@@ -16,38 +19,62 @@ from .access import AccessDenied, Principal, scope
 from .config import Settings
 from .filters import AuditFilter
 
+PICKER_COLUMNS = ("action", "user", "namespace")
+
 
 def count(conn: Connection, who: Principal, flt: AuditFilter) -> int:
+    """Count the records the principal may see that match the filter."""
     return query.count(conn, scope(who, flt))
 
 
 def preview(
-    conn: Connection, who: Principal, flt: AuditFilter, *, limit: int = 500,
+    conn: Connection,
+    who: Principal,
+    flt: AuditFilter,
+    *,
+    limit: int = 500,
     after: str | None = None,
 ) -> query.Page:
+    """One keyset page of matching records within the principal's grants."""
     return query.preview(conn, scope(who, flt), limit=limit, after=after)
 
 
 def summary(conn: Connection, who: Principal, flt: AuditFilter) -> query.Summary:
+    """Totals and time span of matching records within the principal's grants."""
     return query.summary(conn, scope(who, flt))
 
 
 def facets(
     conn: Connection, who: Principal, flt: AuditFilter, limit: int = 10
 ) -> dict[str, list[tuple[str, int]]]:
+    """Top values per column among matching records within the principal's grants."""
     return query.facets(conn, scope(who, flt), limit)
 
 
 def histogram(
-    conn: Connection, who: Principal, flt: AuditFilter, *, bucket: str = "day",
+    conn: Connection,
+    who: Principal,
+    flt: AuditFilter,
+    *,
+    bucket: str = "day",
     by: str = "family",
 ) -> list[tuple[int, str, int]]:
+    """Counts per time bucket within the principal's grants."""
     return query.histogram(conn, scope(who, flt), bucket=bucket, by=by)
 
 
 def distinct_values(conn: Connection, who: Principal, column: str) -> list[str]:
-    values = query.distinct_values(conn, column, scope(who, AuditFilter()))
-    return values
+    """Every value of action, user or namespace the principal may see (for pickers)."""
+    if column not in PICKER_COLUMNS:
+        raise ValueError(f"no picker for column {column!r}")
+    return query.distinct_values(conn, column, scope(who, AuditFilter()))
+
+
+def namespaces(conn: Connection, who: Principal) -> list[str]:
+    """The namespaces the principal may pick: their grants, or every stored one for '*'."""
+    if who.namespaces is None:
+        return query.distinct_values(conn, "namespace")
+    return sorted(who.namespaces)
 
 
 def plan_export(
@@ -59,26 +86,57 @@ def plan_export(
     return export.plan(conn, scope(who, flt), fmt, now=now)
 
 
+def check_plan(who: Principal, plan: export.ExportPlan) -> None:
+    """Refuse a plan the principal could not have made (another role, wider namespaces)."""
+    if not who.can_export:
+        raise AccessDenied("your role may view records but not export them")
+    if who.namespaces is None:
+        return
+    wanted = set(plan.filter.namespaces)
+    if not wanted or not wanted <= who.namespaces:
+        raise AccessDenied("this export reaches beyond your namespace grants")
+
+
 def is_immediate(plan: export.ExportPlan, settings: Settings) -> bool:
     """True when the export is small enough to build on the spot (the seed's 10,000 rule)."""
     return plan.total <= settings.sync_export_limit
 
 
 def export_chunks(
-    engine: Engine, who: Principal, plan: export.ExportPlan, settings: Settings,
-    *, channel: str = "api",
+    engine: Engine,
+    who: Principal,
+    plan: export.ExportPlan,
+    settings: Settings,
+    *,
+    channel: str = "api",
 ) -> Iterator[bytes]:
-    """Stream an immediate export's bytes, then write the audit.export record."""
+    """Stream an immediate export's bytes, then write the audit.export record.
+
+    The plan is checked against the principal before the first byte, so a plan made
+    for someone else cannot be replayed.
+    """
+    check_plan(who, plan)
+    return _stream(engine, who, plan, settings, channel)
+
+
+def _stream(
+    engine: Engine, who: Principal, plan: export.ExportPlan, settings: Settings, channel: str
+) -> Iterator[bytes]:
     with engine.connect() as conn:
         yield from export.chunks(conn, plan)
     record_export(engine, who, plan, settings, channel=channel)
 
 
 def record_export(
-    engine: Engine, who: Principal, plan: export.ExportPlan, settings: Settings,
-    *, channel: str,
+    engine: Engine,
+    who: Principal,
+    plan: export.ExportPlan,
+    settings: Settings,
+    *,
+    channel: str,
 ) -> None:
     """Write the audit.export record for an export that was handed out."""
+    check_plan(who, plan)
     with engine.begin() as conn:
         store.log_event(
             conn,
