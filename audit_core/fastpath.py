@@ -1,17 +1,187 @@
 """Per-engine fast paths behind one interface; None means 'use the plain path'.
 
-Every fast path must produce exactly the bytes of the plain path (tests compare them).
+Every fast path must produce exactly the bytes of the plain path (tests/test_fastpath.py
+compares them on adversarial values). The plain path is `formats.csv_chunks /
+jsonl_chunks / json_chunks` over `query.stream`; the fast paths move the per-cell work
+into the database and hand Python one finished line per row:
+
+- SQLite CSV: the SELECT neutralises formula cells and applies Python csv's minimal
+  quoting (quote a cell holding `,` `"` CR or LF, doubling `"`), joins the cells with
+  `,`, and returns the line as a BLOB (UTF-8 bytes, no decode/encode round trip);
+  Python joins each batch with CRLF.
+- SQLite JSON / JSON Lines: `json_object(...)` builds each record with the seed's keys
+  in the seed's order; its escaping equals orjson's (`\\"`, `\\\\`, `\\b\\f\\n\\r\\t`,
+  other controls as lowercase `\\u00xx`, everything else raw UTF-8).
+- PostgreSQL CSV: `COPY (SELECT ...) TO STDOUT (FORMAT csv)` through psycopg, with the
+  neutralisation in the SELECT and empty cells sent as NULL (COPY quotes an empty
+  string, Python's csv does not). COPY ends rows with LF; every COPY row arrives as
+  one message, so CRLF is restored exactly at row ends, never inside a quoted cell.
+
+Filter values are bound parameters: the WHERE clause is the AuditFilter's SQLAlchemy
+clause, compiled for the dialect, with its parameters passed to the driver.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
+from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, and_, literal_column, select
 
 from .filters import AuditFilter
+from .models import AuditRecord
+from .record import FIELDS
+
+T = AuditRecord.__table__
+BATCH = 5_000
+PG_BATCH = 2_000  # COPY rows per yielded chunk
+# Columns whose values are free text (neutralised in CSV); matches formats._FREE_TEXT.
+_FREE_TEXT = tuple(f for f in FIELDS if f not in ("id", "timestamp", "checksum"))
+_LEAD_SQLITE = "('=','+','-','@',char(9),char(13),char(10),'''')"
+_LEAD_PG = "('=','+','-','@',chr(9),chr(13),chr(10),'''')"
+
+
+def _q(name: str) -> str:
+    return f'"{name}"'
+
+
+def _sqlite_csv_line() -> str:
+    cells = []
+    for f in FIELDS:
+        v = _q(f)
+        if f in _FREE_TEXT:
+            v = f"(CASE WHEN substr({v},1,1) IN {_LEAD_SQLITE} THEN '''' || {v} ELSE {v} END)"
+        # Python's csv QUOTE_MINIMAL with lineterminator CRLF: quote when the cell holds
+        # the delimiter, the quote character, CR or LF; double the quotes inside.
+        cells.append(
+            f"(CASE WHEN instr({v},',') OR instr({v},'\"') OR instr({v},char(10))"
+            f" OR instr({v},char(13))"
+            f" THEN '\"' || replace({v},'\"','\"\"') || '\"' ELSE {v} END)"
+        )
+    return "CAST(" + " || ',' || ".join(cells) + " AS BLOB)"
+
+
+def _sqlite_json_object() -> str:
+    pairs = ", ".join(f"'{f}', {_q(f)}" for f in FIELDS)
+    return f"CAST(json_object({pairs}) AS BLOB)"
+
+
+def _pg_copy_columns() -> str:
+    cols = []
+    for f in FIELDS:
+        v = _q(f)
+        if f in _FREE_TEXT:
+            v = f"(CASE WHEN substr({v},1,1) IN {_LEAD_PG} THEN '''' || {v} ELSE {v} END)"
+        # NULL prints as an unquoted empty cell, as Python's csv writes ''.
+        cols.append(f"NULLIF({v}, '')")
+    return ", ".join(cols)
+
+
+SQLITE_CSV_LINE = _sqlite_csv_line()
+SQLITE_JSON_OBJECT = _sqlite_json_object()
+PG_COPY_COLUMNS = _pg_copy_columns()
+
+
+def _where(flt: AuditFilter, upto_seq: int | None) -> Any:
+    clause = flt.clause(T)
+    if upto_seq is not None:
+        clause = and_(clause, T.c.seq <= upto_seq)
+    return clause
+
+
+def _compile(conn: Connection, stmt: Any) -> tuple[str, Any]:
+    """SQL text and driver parameters for stmt on this connection's dialect."""
+    compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    params = compiled.params
+    if compiled.positiontup is not None:
+        return str(compiled), tuple(params[k] for k in compiled.positiontup)
+    return str(compiled), params
+
+
+def _select(columns_sql: str, flt: AuditFilter, upto_seq: int | None) -> Any:
+    return (
+        select(literal_column(columns_sql))
+        .select_from(T)
+        .where(_where(flt, upto_seq))
+        .order_by(T.c.ts, T.c.seq)
+    )
+
+
+def _sqlite_lines(
+    conn: Connection, columns_sql: str, flt: AuditFilter, upto_seq: int | None
+) -> Iterator[list[tuple[bytes]]]:
+    sql, params = _compile(conn, _select(columns_sql, flt, upto_seq))
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    cur = raw.cursor()
+    try:
+        cur.execute(sql, params)
+        while rows := cur.fetchmany(BATCH):
+            yield rows
+    finally:
+        cur.close()
+
+
+def _sqlite_csv(conn: Connection, flt: AuditFilter, upto_seq: int | None) -> Iterator[bytes]:
+    from .formats import CSV_HEADER
+
+    yield CSV_HEADER.encode()
+    join = b"\r\n".join
+    chain = itertools.chain.from_iterable
+    for rows in _sqlite_lines(conn, SQLITE_CSV_LINE, flt, upto_seq):
+        yield join(chain(rows)) + b"\r\n"
+
+
+def _pg_csv(conn: Connection, flt: AuditFilter, upto_seq: int | None) -> Iterator[bytes]:
+    from .formats import CSV_HEADER
+
+    sql, params = _compile(conn, _select(PG_COPY_COLUMNS, flt, upto_seq))
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    yield CSV_HEADER.encode()
+    with raw.cursor() as cur:
+        # psycopg binds the parameters client-side for COPY (no server-side $n in COPY).
+        copy_sql = f"COPY ({sql}) TO STDOUT (FORMAT csv, ENCODING 'UTF8')"
+        with cur.copy(copy_sql, params) as copy:
+            rows: list[bytes] = []
+            append = rows.append
+            for data in copy:
+                append(bytes(data))
+                if len(rows) >= PG_BATCH:
+                    yield _crlf(rows)
+                    rows = []
+                    append = rows.append
+            if rows:
+                yield _crlf(rows)
+
+
+def _crlf(rows: list[bytes]) -> bytes:
+    """Rows as COPY sent them (each ends with LF) -> rows ending with CRLF.
+
+    A quoted cell may hold LF itself; only each row's last byte is the row end.
+    """
+    chunk = b"".join(rows)
+    if chunk.count(b"\n") == len(rows):
+        return chunk.replace(b"\n", b"\r\n")
+    return b"".join([r[:-1] + b"\r\n" for r in rows])
 
 
 def csv_chunks(conn: Connection, flt: AuditFilter, upto_seq: int) -> Iterator[bytes] | None:
-    """A faster CSV writer for this engine, or None."""
+    """A faster CSV writer for this engine (header included), or None."""
+    name = conn.dialect.name
+    if name == "sqlite":
+        return _sqlite_csv(conn, flt, upto_seq)
+    if name == "postgresql" and conn.dialect.driver == "psycopg":
+        return _pg_csv(conn, flt, upto_seq)
     return None
+
+
+def json_records(
+    conn: Connection, flt: AuditFilter, upto_seq: int
+) -> Iterator[list[bytes]] | None:
+    """Batches of records already encoded as compact JSON objects (orjson's bytes), or None."""
+    if conn.dialect.name != "sqlite":
+        return None
+    chain = itertools.chain.from_iterable
+    return (list(chain(rows)) for rows in _sqlite_lines(conn, SQLITE_JSON_OBJECT, flt, upto_seq))
