@@ -12,13 +12,17 @@ from typing import Any
 import streamlit as st
 from starlette.routing import Mount
 
-from audit_core import api, worker
+from audit_core import access, api, worker
 from audit_core.portal import context
 
 
 @asynccontextmanager
 async def lifespan(_app: Any) -> AsyncIterator[dict[str, Any]]:
     """Open the database (migrating it) and run one export worker for this process."""
+    access.check_local_mode(
+        st.get_option("server.address"),
+        access.auth_configured(st.secrets if st.secrets.load_if_toml_exists() else None),
+    )
     ctx = context()
     running = worker.start_in_process(ctx)
     try:
