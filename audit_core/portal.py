@@ -48,3 +48,12 @@ def context() -> Context:
                 demo = True
             _context = Context(settings, engine, demo)
         return _context
+
+
+def reset() -> None:
+    """Forget the process's context, so the next context() reads AUDIT_* again (tests)."""
+    global _context
+    with _lock:
+        if _context is not None:
+            _context.engine.dispose()
+        _context = None

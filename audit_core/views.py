@@ -1,0 +1,257 @@
+"""What the portal's pages show, without Streamlit: filter input <-> URL, pickers, frames.
+
+Pages read widgets, call these and `service`, and render. Everything here is plain
+Python (and pandas), so it is tested without a browser.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Engine
+
+from . import service
+from .access import Principal
+from .config import Settings
+from .filters import AuditFilter, FilterError
+from .record import FIELDS, compute_checksum
+from .worker import THREAD_NAME
+
+FILTER_PARAMS = ("from", "to", "action", "user", "namespace")
+LIST_PARAMS = ("action", "user", "namespace")
+PREVIEW_ROWS = 500
+PREVIEW_COLUMNS = ("timestamp", "action", "user", "role", "resource", "resourceType",
+                   "namespace", "sourceIP", "id")
+
+
+@dataclass(frozen=True)
+class FilterInput:
+    """The Explore page's filter widgets' values, as typed or picked."""
+
+    start: str = ""
+    end: str = ""
+    actions: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
+
+    @classmethod
+    def from_query(cls, params: Mapping[str, str | Sequence[str]]) -> FilterInput:
+        """Read a URL's query parameters (the API's names; lists comma-separated)."""
+
+        def text(name: str) -> str:
+            raw = params.get(name, "")
+            return (raw if isinstance(raw, str) else ",".join(raw)).strip()
+
+        def values(name: str) -> tuple[str, ...]:
+            raw = params.get(name, "")
+            items = [raw] if isinstance(raw, str) else list(raw)
+            parts = [p for item in items for p in item.split(",")]
+            return tuple(dict.fromkeys(p.strip() for p in parts if p.strip()))
+
+        return cls(text("from"), text("to"), values("action"), values("user"), values("namespace"))
+
+    def to_query(self) -> dict[str, str]:
+        """The values as query parameters (only those set), so a copied link reopens them."""
+        out = {"from": self.start.strip(), "to": self.end.strip(),
+               "action": ",".join(self.actions), "user": ",".join(self.users),
+               "namespace": ",".join(self.namespaces)}
+        return {k: v for k, v in out.items() if v}
+
+    def parse(self) -> tuple[AuditFilter | None, dict[str, str]]:
+        """Validate each field, then the whole; return (filter or None, field -> message)."""
+        errors: dict[str, str] = {}
+        checks: tuple[tuple[str, dict[str, Any]], ...] = (
+            ("from", {"start": self.start}),
+            ("to", {"end": self.end}),
+            ("action", {"action": list(self.actions)}),
+            ("user", {"user": list(self.users)}),
+            ("namespace", {"namespace": list(self.namespaces)}),
+        )
+        for name, kwargs in checks:
+            try:
+                AuditFilter.parse(**kwargs)
+            except FilterError as exc:
+                errors[exc.field or name] = str(exc)
+        if errors:
+            return None, errors
+        try:
+            flt = AuditFilter.parse(start=self.start, end=self.end, action=list(self.actions),
+                                    user=list(self.users), namespace=list(self.namespaces))
+        except FilterError as exc:
+            return None, {exc.field or "from": str(exc)}
+        return flt, {}
+
+
+def family(action: str) -> str:
+    """The family of an action: 'runbook' for 'runbook.execute'."""
+    return action.split(".", 1)[0]
+
+
+def action_options(actions: Iterable[str], keep: Iterable[str] = ()) -> list[str]:
+    """Actions grouped by family, each family led by its 'family.*' choice.
+
+    `keep` adds values (e.g. from a URL) that are not among the known actions, so a
+    restored filter never silently loses a term.
+    """
+    known = sorted(set(actions))
+    by_family: dict[str, list[str]] = {}
+    for a in known:
+        by_family.setdefault(family(a), []).append(a)
+    out: list[str] = []
+    for fam in sorted(by_family):
+        members = by_family[fam]
+        if len(members) > 1 or members[0] != fam:
+            out.append(f"{fam}.*")
+        out.extend(members)
+    out.extend(v for v in keep if v not in out)
+    return out
+
+
+def action_label(option: str) -> str:
+    """How an action choice reads in the picker."""
+    if option.endswith(".*"):
+        return f"{option}  (every {option[:-2]} action)"
+    return f"  {option}"
+
+
+def with_kept(options: Iterable[str], keep: Iterable[str]) -> list[str]:
+    """Options plus any kept values they lack (in the order given)."""
+    out = list(options)
+    out.extend(v for v in keep if v not in out)
+    return out
+
+
+def preview_frame(rows: Sequence[Mapping[str, str]]) -> pd.DataFrame:
+    """The preview table: newest first, the columns an auditor scans first."""
+    frame = pd.DataFrame(list(rows), columns=list(FIELDS))
+    return frame[list(PREVIEW_COLUMNS)]
+
+
+def record_detail(row: Mapping[str, str]) -> tuple[list[tuple[str, str]], bool]:
+    """A record's fields in the seed's order, and whether its checksum matches its fields."""
+    return [(f, str(row.get(f, ""))) for f in FIELDS], compute_checksum(row) == row["checksum"]
+
+
+def histogram_frame(buckets: Iterable[tuple[int, str, int]], by: str) -> pd.DataFrame:
+    """(bucket start in µs, key, count) -> a frame with time (UTC), the key column and count."""
+    rows = [(datetime.fromtimestamp(b / 1_000_000, UTC), k, n) for b, k, n in buckets]
+    frame = pd.DataFrame(rows, columns=["time", by, "records"])
+    frame["time"] = pd.to_datetime(frame["time"], utc=True)
+    return frame
+
+
+def facet_frame(pairs: Iterable[tuple[str, int]], name: str) -> pd.DataFrame:
+    return pd.DataFrame(list(pairs), columns=[name, "records"])
+
+
+def bucket_for(first: str | None, last: str | None) -> str:
+    """Hourly bars for up to three days of records, daily beyond."""
+    if not first or not last:
+        return "day"
+    span = _instant(last) - _instant(first)
+    return "hour" if span.total_seconds() <= 3 * 86_400 else "day"
+
+
+def _instant(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def human_size(size: int | None) -> str:
+    if size is None:
+        return ""
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"  # pragma: no cover - loop always returns
+
+
+def time_left(expires_at: datetime | None, now: datetime | None = None) -> str:
+    """'5h 12m' until expiry, 'expired' after, '' when unknown."""
+    if expires_at is None:
+        return ""
+    now = now or datetime.now(UTC)
+    if expires_at.tzinfo is None:
+        expires_at = expires_at.replace(tzinfo=UTC)
+    seconds = int((expires_at - now).total_seconds())
+    if seconds <= 0:
+        return "expired"
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h {rest // 60:02d}m" if hours else f"{max(rest // 60, 1)}m"
+
+
+def progress(rows_written: int | None, estimated: int | None, state: str) -> float:
+    """A job's progress as 0..1 (completed jobs are full)."""
+    if state == "completed":
+        return 1.0
+    if not estimated:
+        return 0.0
+    return max(0.0, min(1.0, (rows_written or 0) / estimated))
+
+
+def parse_namespaces(text: str) -> frozenset[str] | None:
+    """'*' -> None (every namespace); 'a, b' -> {'a', 'b'}."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if "*" in parts:
+        return None
+    return frozenset(parts)
+
+
+def describe_namespaces(namespaces: frozenset[str] | None) -> str:
+    return "every namespace" if namespaces is None else (", ".join(sorted(namespaces)) or "none")
+
+
+def export_bytes(engine: Engine, who: Principal, flt: AuditFilter, fmt: str,
+                 settings: Settings) -> bytes:
+    """Build an immediate (at or under the limit) export file in memory; audited as 'ui'.
+
+    The portal's download buttons call this only when clicked.
+    """
+    with engine.connect() as conn:
+        plan = service.plan_export(conn, who, flt, fmt)
+    return b"".join(service.export_chunks(engine, who, plan, settings, channel="ui"))
+
+
+def _when(value: datetime | None) -> str:
+    return "" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def users_frame(users: Iterable[Any]) -> pd.DataFrame:
+    """Portal users as the Admin page lists them."""
+    return pd.DataFrame(
+        [(u.email, u.role, u.grants, "active" if u.active else "removed", _when(u.updated_at))
+         for u in users],
+        columns=["email", "role", "namespaces", "status", "changed"],
+    )
+
+
+def tokens_frame(tokens: Iterable[Any]) -> pd.DataFrame:
+    """API tokens by prefix (the secret part is never stored, so never shown)."""
+    return pd.DataFrame(
+        [(t.prefix, t.email, _when(t.expires_at), _when(t.last_used_at) or "never",
+          "revoked " + _when(t.revoked_at) if t.revoked_at else "active")
+         for t in tokens],
+        columns=["prefix", "owner", "expires", "last used", "status"],
+    )
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    threads: int
+    jobs: str
+
+
+def worker_status(recent_jobs: Iterable[Any]) -> WorkerStatus:
+    """Live export worker threads in this process, and recent jobs counted by state."""
+    alive = sum(1 for t in threading.enumerate() if t.name.startswith(THREAD_NAME) and t.is_alive())
+    counts: dict[str, int] = {}
+    for job in recent_jobs:
+        counts[job.state] = counts.get(job.state, 0) + 1
+    text = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "none"
+    return WorkerStatus(alive, text)

@@ -1,0 +1,145 @@
+"""What every page shares: the cached context, who is acting, and cached reads.
+
+Not a page itself (navigation.py lists the pages). No SQL here: reads go through
+`audit_core.service`, which scopes every filter to the principal first.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from typing import Any
+
+import streamlit as st
+
+from audit_core import access, query, service
+from audit_core.access import LOCAL_ADMIN, Principal
+from audit_core.filters import AuditFilter
+from audit_core.portal import Context, context
+
+PRINCIPAL_KEY = "portal_principal"
+LOCAL_BANNER = "Sign-in is off: local mode, everyone here is the local admin"
+CACHE_TTL = 30  # seconds: new records show up within half a minute
+CACHE_ENTRIES = 256
+
+
+@st.cache_resource(show_spinner=False)
+def _context(configured_url: str) -> Context:
+    return context()
+
+
+def ctx() -> Context:
+    """The process's settings and engine (migrated), cached across sessions."""
+    return _context(os.environ.get("AUDIT_DATABASE_URL", ""))
+
+
+def auth_on() -> bool:
+    """True when `[auth]` is configured, so people sign in with OIDC."""
+    try:
+        fn = getattr(access, "auth_configured", None)  # TODO: drop once access lands
+        return bool(fn(st.secrets)) if fn else "auth" in st.secrets
+    except Exception:  # noqa: BLE001 - no secrets file at all means no [auth]
+        return False
+
+
+def source_ip() -> str:
+    try:
+        return st.context.ip_address or ""
+    except Exception:  # noqa: BLE001 - not available outside a browser session
+        return ""
+
+
+def local_principal() -> Principal:
+    return replace(LOCAL_ADMIN, source_ip=source_ip() or LOCAL_ADMIN.source_ip)
+
+
+def principal() -> Principal:
+    """The principal navigation.py resolved for this run (pages stop if there is none)."""
+    who = st.session_state.get(PRINCIPAL_KEY)
+    if not isinstance(who, Principal):
+        st.error("You are not signed in.")
+        st.stop()
+    return who
+
+
+def require_admin() -> Principal:
+    """The acting admin; anyone else sees a refusal and the page stops."""
+    who = principal()
+    if not who.is_admin:
+        st.error("This page is for portal admins.")
+        st.stop()
+    return who
+
+
+# --------------------------------------------------------------------------
+# Cached reads, keyed by database, principal and filter (never by session).
+# --------------------------------------------------------------------------
+
+
+def _who_key(who: Principal) -> tuple[str, str, tuple[str, ...] | None]:
+    ns = None if who.namespaces is None else tuple(sorted(who.namespaces))
+    return who.email, who.role, ns
+
+
+def _who(key: tuple[str, str, tuple[str, ...] | None]) -> Principal:
+    email, role, ns = key
+    return Principal(email, role, None if ns is None else frozenset(ns))
+
+
+@st.cache_data(ttl=CACHE_TTL, max_entries=CACHE_ENTRIES, show_spinner=False)
+def _summary(url: str, who: Any, flt: str) -> query.Summary:
+    with ctx().engine.connect() as conn:
+        return service.summary(conn, _who(who), AuditFilter.from_json(flt))
+
+
+@st.cache_data(ttl=CACHE_TTL, max_entries=CACHE_ENTRIES, show_spinner=False)
+def _facets(url: str, who: Any, flt: str) -> dict[str, list[tuple[str, int]]]:
+    with ctx().engine.connect() as conn:
+        return service.facets(conn, _who(who), AuditFilter.from_json(flt))
+
+
+@st.cache_data(ttl=CACHE_TTL, max_entries=CACHE_ENTRIES, show_spinner=False)
+def _histogram(url: str, who: Any, flt: str, bucket: str, by: str) -> list[tuple[int, str, int]]:
+    with ctx().engine.connect() as conn:
+        return service.histogram(conn, _who(who), AuditFilter.from_json(flt), bucket=bucket, by=by)
+
+
+@st.cache_data(ttl=CACHE_TTL, max_entries=CACHE_ENTRIES, show_spinner=False)
+def _preview(url: str, who: Any, flt: str, after: str | None) -> query.Page:
+    with ctx().engine.connect() as conn:
+        return service.preview(conn, _who(who), AuditFilter.from_json(flt), after=after)
+
+
+@st.cache_data(ttl=60, max_entries=CACHE_ENTRIES, show_spinner=False)
+def _distinct(url: str, who: Any, column: str) -> list[str]:
+    with ctx().engine.connect() as conn:
+        return service.distinct_values(conn, _who(who), column)
+
+
+def summary(who: Principal, flt: AuditFilter) -> query.Summary:
+    return _summary(ctx().settings.database_url, _who_key(who), flt.to_json())
+
+
+def facets(who: Principal, flt: AuditFilter) -> dict[str, list[tuple[str, int]]]:
+    return _facets(ctx().settings.database_url, _who_key(who), flt.to_json())
+
+
+def histogram(who: Principal, flt: AuditFilter, bucket: str, by: str) -> list[tuple[int, str, int]]:
+    return _histogram(ctx().settings.database_url, _who_key(who), flt.to_json(), bucket, by)
+
+
+def preview(who: Principal, flt: AuditFilter, after: str | None) -> query.Page:
+    return _preview(ctx().settings.database_url, _who_key(who), flt.to_json(), after)
+
+
+def distinct(who: Principal, column: str) -> list[str]:
+    try:
+        return _distinct(ctx().settings.database_url, _who_key(who), column)
+    except access.AccessDenied:
+        return []
+
+
+def forget_reads() -> None:
+    """Drop cached reads (after an ingest changes the log)."""
+    for fn in (_summary, _facets, _histogram, _preview, _distinct):
+        fn.clear()
