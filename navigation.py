@@ -8,8 +8,9 @@ from audit_core import access, views
 from audit_core.access import Principal
 from pages import common
 
-st.set_page_config(page_title="Audit Export Portal", page_icon=":material/fact_check:",
-                   layout="wide")
+st.set_page_config(
+    page_title="Audit Export Portal", page_icon=":material/fact_check:", layout="wide"
+)
 
 
 def sign_in_page() -> None:
@@ -74,15 +75,21 @@ if who is None:
 else:
     pages = [
         st.Page("pages/explore.py", title="Explore", icon=":material/search:", default=True),
-        st.Page("pages/exports.py", title="Exports", icon=":material/download:",
-                url_path="exports"),
+        st.Page(
+            "pages/exports.py", title="Exports", icon=":material/download:", url_path="exports"
+        ),
     ]
     if who.is_admin:
         pages += [
-            st.Page("pages/admin.py", title="Admin", icon=":material/admin_panel_settings:",
-                    url_path="admin"),
-            st.Page("pages/ingest.py", title="Ingest", icon=":material/upload_file:",
-                    url_path="ingest"),
+            st.Page(
+                "pages/admin.py",
+                title="Admin",
+                icon=":material/admin_panel_settings:",
+                url_path="admin",
+            ),
+            st.Page(
+                "pages/ingest.py", title="Ingest", icon=":material/upload_file:", url_path="ingest"
+            ),
         ]
     page = st.navigation(pages)
     _sidebar(who, signed_in)

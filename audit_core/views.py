@@ -25,8 +25,17 @@ from .worker import THREAD_NAME
 FILTER_PARAMS = ("from", "to", "action", "user", "namespace")
 LIST_PARAMS = ("action", "user", "namespace")
 PREVIEW_ROWS = 500
-PREVIEW_COLUMNS = ("timestamp", "action", "user", "role", "resource", "resourceType",
-                   "namespace", "sourceIP", "id")
+PREVIEW_COLUMNS = (
+    "timestamp",
+    "action",
+    "user",
+    "role",
+    "resource",
+    "resourceType",
+    "namespace",
+    "sourceIP",
+    "id",
+)
 
 
 @dataclass(frozen=True)
@@ -57,9 +66,13 @@ class FilterInput:
 
     def to_query(self) -> dict[str, str]:
         """The values as query parameters (only those set), so a copied link reopens them."""
-        out = {"from": self.start.strip(), "to": self.end.strip(),
-               "action": ",".join(self.actions), "user": ",".join(self.users),
-               "namespace": ",".join(self.namespaces)}
+        out = {
+            "from": self.start.strip(),
+            "to": self.end.strip(),
+            "action": ",".join(self.actions),
+            "user": ",".join(self.users),
+            "namespace": ",".join(self.namespaces),
+        }
         return {k: v for k, v in out.items() if v}
 
     def parse(self) -> tuple[AuditFilter | None, dict[str, str]]:
@@ -80,8 +93,13 @@ class FilterInput:
         if errors:
             return None, errors
         try:
-            flt = AuditFilter.parse(start=self.start, end=self.end, action=list(self.actions),
-                                    user=list(self.users), namespace=list(self.namespaces))
+            flt = AuditFilter.parse(
+                start=self.start,
+                end=self.end,
+                action=list(self.actions),
+                user=list(self.users),
+                namespace=list(self.namespaces),
+            )
         except FilterError as exc:
             return None, {exc.field or "from": str(exc)}
         return flt, {}
@@ -207,8 +225,9 @@ def describe_namespaces(namespaces: frozenset[str] | None) -> str:
     return "every namespace" if namespaces is None else (", ".join(sorted(namespaces)) or "none")
 
 
-def export_bytes(engine: Engine, who: Principal, flt: AuditFilter, fmt: str,
-                 settings: Settings) -> bytes:
+def export_bytes(
+    engine: Engine, who: Principal, flt: AuditFilter, fmt: str, settings: Settings
+) -> bytes:
     """Build an immediate (at or under the limit) export file in memory; audited as 'ui'.
 
     The portal's download buttons call this only when clicked.
@@ -225,8 +244,10 @@ def _when(value: datetime | None) -> str:
 def users_frame(users: Iterable[Any]) -> pd.DataFrame:
     """Portal users as the Admin page lists them."""
     return pd.DataFrame(
-        [(u.email, u.role, u.grants, "active" if u.active else "removed", _when(u.updated_at))
-         for u in users],
+        [
+            (u.email, u.role, u.grants, "active" if u.active else "removed", _when(u.updated_at))
+            for u in users
+        ],
         columns=["email", "role", "namespaces", "status", "changed"],
     )
 
@@ -234,9 +255,16 @@ def users_frame(users: Iterable[Any]) -> pd.DataFrame:
 def tokens_frame(tokens: Iterable[Any]) -> pd.DataFrame:
     """API tokens by prefix (the secret part is never stored, so never shown)."""
     return pd.DataFrame(
-        [(t.prefix, t.email, _when(t.expires_at), _when(t.last_used_at) or "never",
-          "revoked " + _when(t.revoked_at) if t.revoked_at else "active")
-         for t in tokens],
+        [
+            (
+                t.prefix,
+                t.email,
+                _when(t.expires_at),
+                _when(t.last_used_at) or "never",
+                "revoked " + _when(t.revoked_at) if t.revoked_at else "active",
+            )
+            for t in tokens
+        ],
         columns=["prefix", "owner", "expires", "last used", "status"],
     )
 

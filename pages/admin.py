@@ -17,20 +17,26 @@ def _users(who: Principal) -> None:
     if users:
         st.dataframe(views.users_frame(users), hide_index=True, width="stretch")
     else:
-        st.info("No portal users yet. Add one below; AUDIT_ADMINS bootstrap admins appear "
-                "here after their first sign-in.")
+        st.info(
+            "No portal users yet. Add one below; AUDIT_ADMINS bootstrap admins appear "
+            "here after their first sign-in."
+        )
     with st.form("admin_user_form", clear_on_submit=False):
         c_email, c_role, c_ns = st.columns([3, 1, 3])
         email = c_email.text_input("Email", key="admin_user_email")
         role = c_role.selectbox("Role", access.ROLES, index=1, key="admin_user_role")
-        grants = c_ns.text_input("Namespaces", key="admin_user_ns", placeholder="a, b  or  *",
-                                 help="Comma-separated namespaces, or * for every namespace "
-                                      "(admins always get *).")
+        grants = c_ns.text_input(
+            "Namespaces",
+            key="admin_user_ns",
+            placeholder="a, b  or  *",
+            help="Comma-separated namespaces, or * for every namespace (admins always get *).",
+        )
         save = st.form_submit_button("Save user", type="primary")
     if save:
         try:
-            info = access.upsert_user(ctx.engine, email, role, grants or "", who,
-                                      settings=ctx.settings)
+            info = access.upsert_user(
+                ctx.engine, email, role, grants or "", who, settings=ctx.settings
+            )
         except (access.UserError, access.AccessDenied) as exc:
             st.error(str(exc))
         else:
@@ -39,8 +45,13 @@ def _users(who: Principal) -> None:
     active = [u.email for u in users if u.active]
     if active:
         c_pick, c_go = st.columns([4, 1])
-        gone = c_pick.selectbox("Remove a user", active, index=None, key="admin_remove_pick",
-                                placeholder="choose a user")
+        gone = c_pick.selectbox(
+            "Remove a user",
+            active,
+            index=None,
+            key="admin_remove_pick",
+            placeholder="choose a user",
+        )
         c_go.write("")
         if c_go.button("Remove", key="admin_remove", disabled=gone is None):
             try:
@@ -61,14 +72,19 @@ def _tokens(who: Principal) -> None:
     with st.form("admin_token_form"):
         c_email, c_days = st.columns([3, 1])
         email = c_email.text_input("Token for (email of an active user)", key="admin_token_email")
-        days = c_days.number_input("Expires in days", min_value=1, max_value=access.MAX_TOKEN_DAYS,
-                                   value=90, key="admin_token_days")
+        days = c_days.number_input(
+            "Expires in days",
+            min_value=1,
+            max_value=access.MAX_TOKEN_DAYS,
+            value=90,
+            key="admin_token_days",
+        )
         create = st.form_submit_button("Create token", type="primary")
     if create:
         try:
-            plaintext, info = access.create_token(ctx.engine, email, who,
-                                                  expires_in_days=int(days),
-                                                  settings=ctx.settings)
+            plaintext, info = access.create_token(
+                ctx.engine, email, who, expires_in_days=int(days), settings=ctx.settings
+            )
         except (access.UserError, access.AccessDenied) as exc:
             st.error(str(exc))
         else:
@@ -83,8 +99,13 @@ def _tokens(who: Principal) -> None:
     live = [t.prefix for t in tokens if t.revoked_at is None]
     if live:
         c_pick, c_go = st.columns([4, 1])
-        prefix = c_pick.selectbox("Revoke a token", live, index=None, key="admin_revoke_pick",
-                                  placeholder="choose a token prefix")
+        prefix = c_pick.selectbox(
+            "Revoke a token",
+            live,
+            index=None,
+            key="admin_revoke_pick",
+            placeholder="choose a token prefix",
+        )
         c_go.write("")
         if c_go.button("Revoke", key="admin_revoke", disabled=prefix is None):
             try:
@@ -102,15 +123,30 @@ def _settings(who: Principal) -> None:
     with ctx.engine.connect() as conn:
         recent = jobs.list_for(conn, who, limit=100)
     status = views.worker_status(recent)
-    st.table({
-        "setting": ["Immediate download limit", "Export files expire after", "Database",
-                    "Export directory", "Own audit namespace", "Sign-in",
-                    "Export workers in this process", "Jobs (newest 100)"],
-        "value": [f"{s.sync_export_limit:,} records", f"{s.export_ttl_hours} hours",
-                  s.engine_kind, str(s.export_dir), s.self_namespace,
-                  "OIDC (st.login)" if common.auth_on() else "off (local mode)",
-                  str(status.threads), status.jobs],
-    })
+    st.table(
+        {
+            "setting": [
+                "Immediate download limit",
+                "Export files expire after",
+                "Database",
+                "Export directory",
+                "Own audit namespace",
+                "Sign-in",
+                "Export workers in this process",
+                "Jobs (newest 100)",
+            ],
+            "value": [
+                f"{s.sync_export_limit:,} records",
+                f"{s.export_ttl_hours} hours",
+                s.engine_kind,
+                str(s.export_dir),
+                s.self_namespace,
+                "OIDC (st.login)" if common.auth_on() else "off (local mode)",
+                str(status.threads),
+                status.jobs,
+            ],
+        }
+    )
 
 
 who = common.require_admin()

@@ -13,10 +13,17 @@ from audit_core.filters import FORMATS, AuditFilter
 from pages import common
 
 FMT_LABELS = {"csv": "CSV", "json": "JSON", "jsonl": "JSON Lines"}
-KEYS = {"from": "explore_from", "to": "explore_to", "action": "explore_action",
-        "user": "explore_user", "namespace": "explore_namespace"}
-HALF_OPEN = ("Times are UTC, ISO 8601 (2026-03-01 or 2026-03-01T08:30:00Z). The range is "
-             "half-open: From is included, To is not, so [From, To).")
+KEYS = {
+    "from": "explore_from",
+    "to": "explore_to",
+    "action": "explore_action",
+    "user": "explore_user",
+    "namespace": "explore_namespace",
+}
+HALF_OPEN = (
+    "Times are UTC, ISO 8601 (2026-03-01 or 2026-03-01T08:30:00Z). The range is "
+    "half-open: From is included, To is not, so [From, To)."
+)
 
 
 def _restore_from_url() -> None:
@@ -38,27 +45,36 @@ def _filter_form(who: Principal) -> tuple[AuditFilter | None, views.FilterInput]
     with st.form("explore_filters", border=True):
         c_from, c_to = st.columns(2)
         with c_from:
-            st.text_input("From (UTC, included)", key=KEYS["from"],
-                          placeholder="earliest record", help=HALF_OPEN)
+            st.text_input(
+                "From (UTC, included)",
+                key=KEYS["from"],
+                placeholder="earliest record",
+                help=HALF_OPEN,
+            )
             err_from = st.empty()
         with c_to:
-            st.text_input("To (UTC, not included)", key=KEYS["to"], placeholder="now",
-                          help=HALF_OPEN)
+            st.text_input(
+                "To (UTC, not included)", key=KEYS["to"], placeholder="now", help=HALF_OPEN
+            )
             err_to = st.empty()
         c_action, c_user, c_ns = st.columns(3)
         with c_action:
             st.multiselect(
                 "Action",
                 views.action_options(common.distinct(who, "action"), kept["action"]),
-                key=KEYS["action"], format_func=views.action_label,
+                key=KEYS["action"],
+                format_func=views.action_label,
                 placeholder="every action",
                 help="Pick actions, or a whole family with family.* (e.g. runbook.*).",
             )
             err_action = st.empty()
         with c_user:
             st.multiselect(
-                "User", views.with_kept(common.distinct(who, "user"), kept["user"]),
-                key=KEYS["user"], placeholder="every user", accept_new_options=True,
+                "User",
+                views.with_kept(common.distinct(who, "user"), kept["user"]),
+                key=KEYS["user"],
+                placeholder="every user",
+                accept_new_options=True,
                 help="Type to search; matched without regard to case.",
             )
             err_user = st.empty()
@@ -66,7 +82,8 @@ def _filter_form(who: Principal) -> tuple[AuditFilter | None, views.FilterInput]
             st.multiselect(
                 "Namespace",
                 views.with_kept(common.distinct(who, "namespace"), kept["namespace"]),
-                key=KEYS["namespace"], placeholder="every namespace you may see",
+                key=KEYS["namespace"],
+                placeholder="every namespace you may see",
                 help="Only the namespaces granted to you are offered.",
             )
             err_ns = st.empty()
@@ -79,8 +96,13 @@ def _filter_form(who: Principal) -> tuple[AuditFilter | None, views.FilterInput]
         namespaces=tuple(st.session_state.get(KEYS["namespace"]) or ()),
     )
     flt, errors = typed.parse()
-    slots = {"from": err_from, "to": err_to, "action": err_action, "user": err_user,
-             "namespace": err_ns}
+    slots = {
+        "from": err_from,
+        "to": err_to,
+        "action": err_action,
+        "user": err_user,
+        "namespace": err_ns,
+    }
     for field, message in errors.items():
         slots.get(field, err_from).error(message)
     return flt, typed
@@ -104,20 +126,29 @@ def _summary(s: query.Summary, flt: AuditFilter) -> None:
 
 
 def _charts(who: Principal, flt: AuditFilter, s: query.Summary) -> None:
-    by = st.segmented_control("Stack activity by", ["family", "namespace"], default="family",
-                              key="explore_stack_by") or "family"
+    by = (
+        st.segmented_control(
+            "Stack activity by", ["family", "namespace"], default="family", key="explore_stack_by"
+        )
+        or "family"
+    )
     bucket = views.bucket_for(s.first, s.last)
     frame = views.histogram_frame(common.histogram(who, flt, bucket, by), by)
     activity = (
         alt.Chart(frame, title=f"Records per {bucket} (UTC)")
         .mark_bar()
         .encode(
-            x=alt.X(f"utc{'yearmonthdatehours' if bucket == 'hour' else 'yearmonthdate'}(time):T",
-                    title=None),
+            x=alt.X(
+                f"utc{'yearmonthdatehours' if bucket == 'hour' else 'yearmonthdate'}(time):T",
+                title=None,
+            ),
             y=alt.Y("sum(records):Q", title="records"),
             color=alt.Color(f"{by}:N", title=by),
-            tooltip=[alt.Tooltip("utcyearmonthdatehours(time):T", title="from (UTC)"),
-                     by, alt.Tooltip("sum(records):Q", title="records")],
+            tooltip=[
+                alt.Tooltip("utcyearmonthdatehours(time):T", title="from (UTC)"),
+                by,
+                alt.Tooltip("sum(records):Q", title="records"),
+            ],
         )
         .properties(height=260)
     )
@@ -129,8 +160,11 @@ def _charts(who: Principal, flt: AuditFilter, s: query.Summary) -> None:
         chart = (
             alt.Chart(data, title=title)
             .mark_bar()
-            .encode(x=alt.X("records:Q"), y=alt.Y(f"{name}:N", sort="-x", title=None),
-                    tooltip=[name, "records"])
+            .encode(
+                x=alt.X("records:Q"),
+                y=alt.Y(f"{name}:N", sort="-x", title=None),
+                tooltip=[name, "records"],
+            )
             .properties(height=260)
         )
         col.altair_chart(chart, width="stretch")
@@ -151,8 +185,13 @@ def _preview(who: Principal, flt: AuditFilter, total: int) -> None:
         "Click a column to sort this page; select a row to see the full record."
     )
     event = st.dataframe(
-        views.preview_frame(page.rows), key="explore_table", on_select="rerun",
-        selection_mode="single-row", hide_index=True, width="stretch", height=420,
+        views.preview_frame(page.rows),
+        key="explore_table",
+        on_select="rerun",
+        selection_mode="single-row",
+        hide_index=True,
+        width="stretch",
+        height=420,
     )
     nav_newer, nav_older, _ = st.columns([1, 1, 6])
     if nav_newer.button("Newest", disabled=len(tokens) == 1, key="explore_newest"):
@@ -197,8 +236,9 @@ def _export(who: Principal, flt: AuditFilter, total: int) -> None:
         "background as a file you fetch from the Exports page (the export API's rule)."
     )
     c_fmt, c_go = st.columns([2, 1])
-    fmt = c_fmt.selectbox("Format", list(FMT_LABELS), format_func=FMT_LABELS.get,
-                          key="explore_queue_format")
+    fmt = c_fmt.selectbox(
+        "Format", list(FMT_LABELS), format_func=FMT_LABELS.get, key="explore_queue_format"
+    )
     c_go.write("")
     if c_go.button("Queue export", type="primary", key="explore_queue"):
         try:
@@ -229,8 +269,10 @@ except AccessDenied as exc:
 _summary(s, flt)
 if s.total == 0:
     if typed.to_query():
-        st.info("No records match this filter. Widen the time range or remove a term.",
-                icon=":material/filter_alt_off:")
+        st.info(
+            "No records match this filter. Widen the time range or remove a term.",
+            icon=":material/filter_alt_off:",
+        )
     else:
         st.info(
             "The audit log is empty (or holds nothing in your namespaces). An admin can load "

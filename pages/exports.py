@@ -11,9 +11,14 @@ from audit_core.access import Principal
 from pages import common
 
 REFRESH = timedelta(seconds=2)
-STATE_ICONS = {"queued": ":material/schedule:", "processing": ":material/sync:",
-               "completed": ":material/check_circle:", "failed": ":material/error:",
-               "cancelled": ":material/cancel:", "expired": ":material/timer_off:"}
+STATE_ICONS = {
+    "queued": ":material/schedule:",
+    "processing": ":material/sync:",
+    "completed": ":material/check_circle:",
+    "failed": ":material/error:",
+    "cancelled": ":material/cancel:",
+    "expired": ":material/timer_off:",
+}
 
 
 def _filters(who: Principal) -> tuple[str | None, str | None]:
@@ -64,8 +69,11 @@ def _jobs(who: Principal, by: str | None, state: str | None) -> bool:
     with common.ctx().engine.connect() as conn:
         found = jobs.list_for(conn, who, limit=100, state=state, requested_by=by)
     if not found:
-        st.info("No export jobs yet. Exports over the download limit are queued from the "
-                "Explore page and show up here.", icon=":material/inbox:")
+        st.info(
+            "No export jobs yet. Exports over the download limit are queued from the "
+            "Explore page and show up here.",
+            icon=":material/inbox:",
+        )
         return False
     for job in found:
         _job(job, who)
@@ -81,9 +89,11 @@ def _live(who: Principal, by: str | None, state: str | None) -> None:
 
 who = common.principal()
 st.title("Exports")
-st.caption("Large exports are built in the background. Files expire "
-           f"{common.ctx().settings.export_ttl_hours} hours after they complete; download "
-           "links are signed for you and last ten minutes.")
+st.caption(
+    "Large exports are built in the background. Files expire "
+    f"{common.ctx().settings.export_ttl_hours} hours after they complete; download "
+    "links are signed for you and last ten minutes."
+)
 by, state = _filters(who)
 with common.ctx().engine.connect() as _conn:
     _running = any(j.state in jobs.ACTIVE for j in jobs.list_for(_conn, who, limit=100))

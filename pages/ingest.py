@@ -28,7 +28,8 @@ def _report(report: ingest.IngestReport) -> None:
         )
         st.dataframe(
             {"record": [p for p, _ in report.problems], "reason": [r for _, r in report.problems]},
-            hide_index=True, width="stretch",
+            hide_index=True,
+            width="stretch",
         )
         if report.bad > len(report.problems):
             st.caption(f"Showing the first {len(report.problems)} of {report.bad:,}.")
@@ -42,11 +43,14 @@ def main(who: Principal) -> None:
         "the seed's header. Each record's checksum is checked; a file is added whole or not "
         "at all, and records already stored are skipped."
     )
-    upload = st.file_uploader("Audit file", type=["json", "jsonl", "ndjson", "csv"],
-                              key="ingest_file")
+    upload = st.file_uploader(
+        "Audit file", type=["json", "jsonl", "ndjson", "csv"], key="ingest_file"
+    )
     if upload is None:
-        st.info("Choose a file to see what it would add. Nothing changes until you confirm.",
-                icon=":material/upload_file:")
+        st.info(
+            "Choose a file to see what it would add. Nothing changes until you confirm.",
+            icon=":material/upload_file:",
+        )
         return
     try:
         fmt = ingest.detect_format(upload.name)
