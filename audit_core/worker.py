@@ -272,7 +272,7 @@ class Worker:
                 update(J).where(self._mine(job_id)).values(
                     state="completed", finished_at=now, expires_at=expires, rows_written=rows,
                     file_name=final.name, file_size=size, file_sha256=digest, last_error=None,
-                    lease_owner=None, lease_expires_at=None,
+                    lease_expires_at=None,  # lease_owner stays: who built the file
                 )
             ).rowcount
             if not held:

@@ -1,0 +1,370 @@
+"""Export workers: byte-identical files, leases, crashes, retries, expiry, real processes."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from audit_core import export, jobs, service, store
+from audit_core.access import Principal
+from audit_core.config import Settings
+from audit_core.filters import AuditFilter
+from audit_core.models import AuditRecord, ExportJob
+from audit_core.portal import Context
+from audit_core.record import compute_checksum, format_instant, normalize
+from audit_core.worker import THREAD_NAME, Timing, Worker, start_in_process, sweep_expired
+
+from .conftest import add_demo
+
+ROOT = Path(__file__).resolve().parents[1]
+ANA = Principal("ana@empresa.com", "auditor", None, "10.0.0.5")
+FAST = Timing(lease_seconds=30, heartbeat_seconds=0.2, poll_seconds=0.05)
+J = ExportJob.__table__
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 120.0) -> Any:
+    """Poll until check() is truthy; a generous deadline, not a speed assertion."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def job_row(engine: Engine, job_id: str) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(select(J).where(J.c.job_id == job_id)).one()
+
+
+def event_count(engine: Engine, action: str, resource: str | None = None) -> int:
+    stmt = select(func.count()).where(AuditRecord.action == action)
+    if resource is not None:
+        stmt = stmt.where(AuditRecord.resource == resource)
+    with engine.connect() as conn:
+        return int(conn.execute(stmt).scalar_one())
+
+
+def enqueue(engine: Engine, settings: Settings, fmt: str = "csv", compression: str = "none",
+            flt: AuditFilter | None = None) -> tuple[jobs.JobInfo, bytes]:
+    """Queue a job; return it with the bytes of a direct export planned at the same moment."""
+    with engine.connect() as conn:
+        plan = service.plan_export(conn, ANA, flt or AuditFilter(), fmt)
+        direct = b"".join(export.chunks(conn, plan))
+    return jobs.enqueue(engine, plan, ANA, settings, compression=compression), direct
+
+
+def newcomers(n: int, start: int = 1) -> list[Any]:
+    """Records that match every filter's time range, in the middle of the demo's days."""
+    when = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1, minutes=7)
+    out = []
+    for i in range(start, start + n):
+        fields = {
+            "id": f"audit-19990101-{i:03d}",
+            "timestamp": format_instant(when),
+            "action": "user.login",
+            "user": "late@empresa.com",
+            "role": "operator",
+            "resource": f"late-{i}",
+            "resourceType": "User",
+            "namespace": "production",
+            "sourceIP": "10.9.9.9",
+        }
+        fields["checksum"] = compute_checksum(fields)
+        out.append(normalize(fields))
+    return out
+
+
+def parts(settings: Settings) -> list[Path]:
+    return sorted(settings.export_dir.glob(".*.part")) if settings.export_dir.exists() else []
+
+
+def finished_file(settings: Settings, job: jobs.JobInfo) -> bytes:
+    return jobs.file_path(settings, job).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "compression"),
+    [("csv", "none"), ("json", "none"), ("jsonl", "none"), ("csv", "gzip"), ("jsonl", "gzip")],
+)
+def test_job_file_equals_direct_export_even_while_records_arrive(
+    engine: Engine, settings: Settings, fmt: str, compression: str
+) -> None:
+    add_demo(engine, 12_000)  # three stream batches
+    job, direct = enqueue(engine, settings, fmt, compression)
+    with engine.begin() as conn:
+        store.append(conn, newcomers(5))  # after enqueue, before the run
+    worker = Worker(engine, settings, timing=replace(FAST, batch_delay=0.2))
+    runner = threading.Thread(target=worker.run_until_idle)
+    runner.start()
+    try:
+        wait_for("the worker to start writing", lambda: parts(settings))
+        with engine.begin() as conn:
+            store.append(conn, newcomers(5, start=6))  # while the file is being written
+    finally:
+        runner.join()
+
+    done = job_row(engine, job.job_id)
+    assert done.state == "completed"
+    data = finished_file(settings, job)
+    assert hashlib.sha256(data).hexdigest() == done.file_sha256
+    assert len(data) == done.file_size
+    assert (gzip.decompress(data) if compression == "gzip" else data) == direct
+    assert done.rows_written == done.estimated_records == job.estimated_records
+    assert parts(settings) == []
+    assert event_count(engine, "audit.job.complete", job.job_id) == 1
+
+
+def test_gzip_files_are_deterministic(engine: Engine, settings: Settings) -> None:
+    add_demo(engine, 300)
+    first, _ = enqueue(engine, settings, "csv", "gzip")
+    Worker(engine, settings, timing=FAST).run_until_idle()
+    with engine.connect() as conn:
+        plan = jobs.plan(conn.execute(select(J).where(J.c.job_id == first.job_id)).one())
+    second = jobs.enqueue(engine, plan, ANA, settings, compression="gzip")
+    Worker(engine, settings, timing=FAST).run_until_idle()
+    assert finished_file(settings, first) == finished_file(settings, second)
+
+
+def test_expired_job_file_is_gone_and_job_says_so(engine: Engine, settings: Settings) -> None:
+    add_demo(engine, 200)
+    job, _ = enqueue(engine, settings)
+    Worker(engine, settings, timing=FAST).run_until_idle()
+    with engine.connect() as conn:
+        done = jobs.get_for(conn, job.job_id, ANA)
+    assert done is not None and done.state == "completed" and done.expires_at is not None
+    assert done.expires_at - done.finished_at == timedelta(hours=settings.export_ttl_hours)
+    path = jobs.file_path(settings, done)
+    assert path.exists() and not jobs.is_expired(done)
+
+    assert sweep_expired(engine, settings, now=done.expires_at - timedelta(seconds=1)) == []
+    assert path.exists()
+    assert jobs.is_expired(done, now=done.expires_at)  # 410 even before the sweep runs
+    assert sweep_expired(engine, settings, now=done.expires_at) == [job.job_id]
+    assert not path.exists()
+    with engine.connect() as conn:
+        gone = jobs.get_for(conn, job.job_id, ANA)
+    assert gone is not None and gone.state == "expired" and jobs.is_expired(gone)
+    assert jobs.document(gone)["status"]["state"] == "expired"
+    assert sweep_expired(engine, settings, now=done.expires_at + timedelta(days=1)) == []
+
+
+def test_each_job_event_writes_exactly_one_audit_record(
+    engine: Engine, settings: Settings
+) -> None:
+    add_demo(engine, 200)
+    job, _ = enqueue(engine, settings)
+    Worker(engine, settings, timing=FAST).run_until_idle()
+    sweep_expired(engine, settings, now=datetime.now(UTC) + timedelta(days=1))
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(AuditRecord.action, AuditRecord.user, AuditRecord.role,
+                   AuditRecord.resource_type, AuditRecord.namespace, AuditRecord.source_ip)
+            .where(AuditRecord.resource == job.job_id)
+            .order_by(AuditRecord.seq)
+        ).all()
+    who = (ANA.email, ANA.role, "ExportJob", settings.self_namespace, ANA.source_ip)
+    assert [tuple(r) for r in rows] == [
+        ("audit.export.queue", *who),
+        ("audit.job.complete", *who),
+        ("audit.job.expire", *who),
+    ]
+
+
+def test_cancelled_job_never_runs(engine: Engine, settings: Settings) -> None:
+    add_demo(engine, 200)
+    cancelled, _ = enqueue(engine, settings)
+    kept, _ = enqueue(engine, settings)
+    jobs.cancel(engine, cancelled.job_id, ANA, settings)
+    assert Worker(engine, settings, timing=FAST).run_until_idle() == [kept.job_id]
+    row = job_row(engine, cancelled.job_id)
+    assert (row.state, row.attempts, row.started_at, row.file_name) == ("cancelled", 0, None, None)
+    assert not jobs.file_path(settings, cancelled).exists()
+    assert event_count(engine, "audit.job.complete", cancelled.job_id) == 0
+
+
+def test_a_claimed_job_can_no_longer_be_cancelled(engine: Engine, settings: Settings) -> None:
+    add_demo(engine, 200)
+    job, _ = enqueue(engine, settings)
+    worker = Worker(engine, settings, timing=FAST)
+    row = worker.claim()
+    assert row is not None and row.job_id == job.job_id
+    with pytest.raises(jobs.JobNotCancellable, match="is processing"):
+        jobs.cancel(engine, job.job_id, ANA, settings)
+    worker.run(row)
+    assert job_row(engine, job.job_id).state == "completed"
+
+
+def test_failing_job_is_retried_then_failed_with_a_readable_error(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    add_demo(engine, 200)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the export folder should be")
+    settings = replace(settings, export_dir=blocker / "exports")
+    job, _ = enqueue(engine, settings)
+    assert Worker(engine, settings, timing=FAST).run_until_idle() == [job.job_id] * 3
+    row = job_row(engine, job.job_id)
+    assert (row.state, row.attempts) == ("failed", 3)
+    assert row.last_error.startswith("failed after 3 attempts: NotADirectoryError")
+    assert event_count(engine, "audit.job.fail", job.job_id) == 1
+    with engine.connect() as conn:
+        info = jobs.get_for(conn, job.job_id, ANA)
+    assert info is not None
+    assert jobs.document(info)["status"]["error"] == row.last_error
+
+
+def test_job_whose_workers_keep_dying_fails_after_three_attempts(
+    engine: Engine, settings: Settings
+) -> None:
+    add_demo(engine, 200)
+    job, _ = enqueue(engine, settings)
+    dying = Worker(engine, settings, timing=replace(FAST, lease_seconds=0.05))
+    for attempt in (1, 2, 3):
+        row = dying.claim()  # claims, then "dies": never runs it, never renews
+        assert row is not None and row.attempts == attempt
+        time.sleep(0.1)
+    assert dying.claim() is None
+    row = job_row(engine, job.job_id)
+    assert row.state == "failed"
+    assert "gave up after 3 attempts" in row.last_error and "lease expired" in row.last_error
+    assert event_count(engine, "audit.job.fail", job.job_id) == 1
+
+
+def test_worker_that_lost_its_lease_never_publishes(engine: Engine, settings: Settings) -> None:
+    add_demo(engine, 200)
+    job, direct = enqueue(engine, settings)
+    slow = Worker(engine, settings, timing=replace(FAST, lease_seconds=0.05), name="slow")
+    stalled = slow.claim()
+    time.sleep(0.1)
+    rescuer = Worker(engine, settings, timing=FAST, name="rescuer")
+    assert rescuer.run_until_idle() == [job.job_id]
+    slow.run(stalled)  # wakes up and finishes its copy: must not touch the job
+    row = job_row(engine, job.job_id)
+    assert (row.state, row.lease_owner, row.attempts) == ("completed", "rescuer", 2)
+    assert finished_file(settings, job) == direct
+    assert event_count(engine, "audit.job.complete", job.job_id) == 1
+    assert parts(settings) == []
+
+
+def test_in_process_worker_thread_runs_jobs_and_stops_cleanly(
+    engine: Engine, settings: Settings
+) -> None:
+    add_demo(engine, 200)
+    handle = start_in_process(Context(settings, engine, demo=False))
+    try:
+        assert THREAD_NAME in [t.name for t in threading.enumerate()]
+        job, direct = enqueue(engine, settings, "jsonl")
+        wait_for("the job to complete", lambda: job_row(engine, job.job_id).state == "completed")
+    finally:
+        handle.stop()
+    assert THREAD_NAME not in [t.name for t in threading.enumerate()]
+    assert finished_file(settings, job) == direct
+
+
+# -- real worker processes ----------------------------------------------------------------
+
+
+@contextmanager
+def worker_process(env: dict[str, str], log: Path, *extra: str, **timing: str
+                   ) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `python -m audit_core worker` and make sure it is gone afterwards."""
+    env = dict(env, AUDIT_WORKER_POLL_SECONDS="0.1", AUDIT_WORKER_HEARTBEAT_SECONDS="0.3",
+               **timing)
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "audit_core", "worker", *extra],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err,
+        )
+    try:
+        wait_for(f"{log.name} to start", lambda: b"started" in log.read_bytes() or
+                 proc.poll() is not None)
+        assert proc.poll() is None, log.read_text()
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def test_worker_killed_mid_job_is_redone_once_by_another(
+    engine: Engine, settings: Settings, env: dict[str, str], tmp_path: Path
+) -> None:
+    add_demo(engine, 20_000)
+    job, direct = enqueue(engine, settings, "csv")
+    with worker_process(env, tmp_path / "first.log", AUDIT_WORKER_LEASE_SECONDS="2",
+                        AUDIT_WORKER_BATCH_DELAY_MS="400") as first:
+        wait_for("a partly written file", lambda: any(p.stat().st_size for p in parts(settings)))
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    row = job_row(engine, job.job_id)
+    assert (row.state, row.attempts) == ("processing", 1)
+    assert not jobs.file_path(settings, job).exists()  # nothing half-written is published
+    assert parts(settings)  # the dead worker's temporary file is still there
+
+    with worker_process(env, tmp_path / "second.log") as second:
+        wait_for("the job to complete", lambda: job_row(engine, job.job_id).state == "completed")
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=60) == 0
+    row = job_row(engine, job.job_id)
+    assert row.attempts == 2
+    data = finished_file(settings, job)
+    assert hashlib.sha256(data).hexdigest() == row.file_sha256 and len(data) == row.file_size
+    assert data == direct
+    assert parts(settings) == []
+    assert event_count(engine, "audit.job.complete", job.job_id) == 1
+
+
+def test_sigterm_releases_the_job_in_progress_and_exits_zero(
+    engine: Engine, settings: Settings, env: dict[str, str], tmp_path: Path
+) -> None:
+    add_demo(engine, 12_000)
+    job, direct = enqueue(engine, settings, "jsonl")
+    with worker_process(env, tmp_path / "w.log", AUDIT_WORKER_BATCH_DELAY_MS="500") as proc:
+        wait_for("the worker to start writing", lambda: parts(settings))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    row = job_row(engine, job.job_id)
+    assert (row.state, row.attempts, row.lease_owner) == ("queued", 0, None)
+    assert parts(settings) == [] and not jobs.file_path(settings, job).exists()
+    assert Worker(engine, settings, timing=FAST).run_until_idle() == [job.job_id]
+    assert finished_file(settings, job) == direct
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_two_worker_processes_run_twenty_jobs_exactly_once(
+    engine: Engine, settings: Settings, env: dict[str, str], tmp_path: Path
+) -> None:
+    add_demo(engine, 300)
+    settings = replace(settings, max_queued_jobs=20)
+    timing = {"AUDIT_WORKER_BATCH_DELAY_MS": "300"}
+    with (
+        worker_process(env, tmp_path / "a.log", **timing),
+        worker_process(env, tmp_path / "b.log", **timing),
+    ):
+        queued = [enqueue(engine, settings, fmt)[0] for fmt in ("csv", "json", "jsonl", "csv") * 5]
+        with engine.connect() as conn:
+            wait_for("every job to complete", lambda: conn.execute(
+                select(func.count()).where(J.c.state == "completed")).scalar() == 20)
+    with engine.connect() as conn:
+        rows = conn.execute(select(J.c.job_id, J.c.attempts, J.c.lease_owner)).all()
+    assert sorted(r.job_id for r in rows) == sorted(j.job_id for j in queued)
+    assert {r.attempts for r in rows} == {1}
+    assert len({r.lease_owner.rsplit("/", 1)[0] for r in rows}) == 2  # both took part
+    for j in queued:
+        assert event_count(engine, "audit.job.complete", j.job_id) == 1
+    assert event_count(engine, "audit.job.complete") == 20
