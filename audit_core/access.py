@@ -580,6 +580,22 @@ def auth_configured(secrets_mapping: Mapping[str, Any] | None) -> bool:
     return isinstance(section, Mapping) and len(section) > 0
 
 
+def login_providers(secrets_mapping: Mapping[str, Any] | None) -> list[str]:
+    """Names to pass to st.login: each [auth.<name>] with a client_id, or 'default'."""
+    if not auth_configured(secrets_mapping):
+        return []
+    assert secrets_mapping is not None
+    section = secrets_mapping["auth"]
+    names = [
+        str(name)
+        for name, value in section.items()
+        if isinstance(value, Mapping) and "client_id" in value
+    ]
+    if "client_id" in section:
+        names.insert(0, "default")
+    return names
+
+
 def is_loopback(address: str) -> bool:
     """True for localhost, 127.0.0.0/8 and ::1 (an empty address means every interface)."""
     host = (address or "").strip().strip("[]").lower()

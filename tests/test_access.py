@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -306,3 +307,33 @@ def test_streamlit_serves_local_mode_on_loopback(env: dict[str, str], tmp_path: 
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_login_providers() -> None:
+    assert access.login_providers(None) == []
+    assert access.login_providers({"auth": {"client_id": "x", "redirect_uri": "r"}}) == ["default"]
+    named = {"auth": {"redirect_uri": "r", "okta": {"client_id": "a"}, "client_kwargs": {}}}
+    assert access.login_providers(named) == ["okta"]
+
+
+def test_the_secrets_example_is_accepted_by_streamlit(tmp_path: Path) -> None:
+    """Streamlit's own validator accepts every provider in .streamlit/secrets.toml.example."""
+    (tmp_path / ".streamlit").mkdir()
+    example = (ROOT / ".streamlit" / "secrets.toml.example").read_text()
+    (tmp_path / ".streamlit" / "secrets.toml").write_text(example)
+    script = (
+        "import tomllib, sys\n"
+        "from streamlit.auth_util import validate_auth_credentials\n"
+        "from audit_core.access import login_providers\n"
+        "names = login_providers(tomllib.load(open('.streamlit/secrets.toml', 'rb')))\n"
+        "for name in names:\n"
+        "    validate_auth_credentials(name)\n"
+        "print(','.join(names))\n"
+    )
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    r = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "okta,microsoft,google,keycloak"
