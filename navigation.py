@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from audit_core import access, views
+from audit_core import access
 from audit_core.access import Principal
 from pages import common
 
@@ -55,18 +55,9 @@ def _resolve() -> tuple[Principal | None, bool]:
     return who, True
 
 
-def _sidebar(who: Principal, signed_in: bool) -> None:
-    with st.sidebar:
-        st.divider()
-        st.markdown(f"**{who.email}**" if signed_in else "**Local admin**")
-        st.caption(f"Role: {who.role}")
-        st.caption(f"Namespaces: {views.describe_namespaces(who.namespaces)}")
-        if signed_in and st.button("Sign out", key="portal_sign_out"):
-            st.logout()
-
-
 who, signed_in = _resolve()
 st.session_state[common.PRINCIPAL_KEY] = who
+st.session_state[common.SIGNED_IN_KEY] = signed_in
 if who is None:
     page = st.navigation(
         [st.Page(no_access_page if signed_in else sign_in_page, title="Sign in", default=True)],
@@ -92,9 +83,4 @@ else:
             ),
         ]
     page = st.navigation(pages)
-    _sidebar(who, signed_in)
-if not common.auth_on():
-    st.info(common.LOCAL_BANNER, icon=":material/lock_open:")
-if common.ctx().demo:
-    st.caption("Demo data: generated records, because no AUDIT_DATABASE_URL is configured.")
 page.run()

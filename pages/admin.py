@@ -149,7 +149,7 @@ def _settings(who: Principal) -> None:
     )
 
 
-who = common.require_admin()
+who = common.frame(admins_only=True)
 st.title("Admin")
 _users(who)
 _tokens(who)

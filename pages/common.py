@@ -12,12 +12,13 @@ from typing import Any
 
 import streamlit as st
 
-from audit_core import access, query, service
+from audit_core import access, query, service, views
 from audit_core.access import LOCAL_ADMIN, Principal
 from audit_core.filters import AuditFilter
 from audit_core.portal import Context, context
 
 PRINCIPAL_KEY = "portal_principal"
+SIGNED_IN_KEY = "portal_signed_in"
 LOCAL_BANNER = "Sign-in is off: local mode, everyone here is the local admin"
 CACHE_TTL = 30  # seconds: new records show up within half a minute
 CACHE_ENTRIES = 256
@@ -36,36 +37,45 @@ def ctx() -> Context:
 def auth_on() -> bool:
     """True when `[auth]` is configured, so people sign in with OIDC."""
     try:
-        fn = getattr(access, "auth_configured", None)  # TODO: drop once access lands
-        return bool(fn(st.secrets)) if fn else "auth" in st.secrets
+        return access.auth_configured(st.secrets)
     except Exception:  # noqa: BLE001 - no secrets file at all means no [auth]
         return False
 
 
 def source_ip() -> str:
     try:
-        return st.context.ip_address or ""
+        ip = st.context.ip_address
     except Exception:  # noqa: BLE001 - not available outside a browser session
         return ""
+    return ip if isinstance(ip, str) else ""  # AppTest's stand-in is not a string
 
 
 def local_principal() -> Principal:
     return replace(LOCAL_ADMIN, source_ip=source_ip() or LOCAL_ADMIN.source_ip)
 
 
-def principal() -> Principal:
-    """The principal navigation.py resolved for this run (pages stop if there is none)."""
+def frame(*, admins_only: bool = False) -> Principal:
+    """Open a page: who is acting (from navigation.py), the sidebar, the mode banners.
+
+    Each page calls this first, so the banner and identity are on every page. A page
+    for admins refuses anyone else and stops.
+    """
     who = st.session_state.get(PRINCIPAL_KEY)
     if not isinstance(who, Principal):
         st.error("You are not signed in.")
         st.stop()
-    return who
-
-
-def require_admin() -> Principal:
-    """The acting admin; anyone else sees a refusal and the page stops."""
-    who = principal()
-    if not who.is_admin:
+    signed_in = bool(st.session_state.get(SIGNED_IN_KEY))
+    with st.sidebar:
+        st.markdown(f"**{who.email}**" if signed_in else "**Local admin**")
+        st.caption(f"Role: {who.role}")
+        st.caption(f"Namespaces: {views.describe_namespaces(who.namespaces)}")
+        if signed_in and st.button("Sign out", key="portal_sign_out"):
+            st.logout()
+    if not auth_on():
+        st.info(LOCAL_BANNER, icon=":material/lock_open:")
+    if ctx().demo:
+        st.caption("Demo data: generated records, because no AUDIT_DATABASE_URL is configured.")
+    if admins_only and not who.is_admin:
         st.error("This page is for portal admins.")
         st.stop()
     return who

@@ -254,7 +254,7 @@ def _export(who: Principal, flt: AuditFilter, total: int) -> None:
     st.page_link("pages/exports.py", label="Follow your exports", icon=":material/download:")
 
 
-who = common.principal()
+who = common.frame()
 st.title("Explore")
 _restore_from_url()
 flt, typed = _filter_form(who)

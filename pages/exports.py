@@ -87,7 +87,7 @@ def _live(who: Principal, by: str | None, state: str | None) -> None:
         st.rerun()
 
 
-who = common.principal()
+who = common.frame()
 st.title("Exports")
 st.caption(
     "Large exports are built in the background. Files expire "

@@ -88,4 +88,4 @@ def main(who: Principal) -> None:
         st.rerun()
 
 
-main(common.require_admin())
+main(common.frame(admins_only=True))
