@@ -570,14 +570,16 @@ def auth_configured(secrets_mapping: Mapping[str, Any] | None) -> bool:
     """True when the secrets hold a non-empty [auth] section (sign-in through st.login).
 
     Any [auth] counts: an incomplete one fails closed (sign-in errors), never open.
+    Secrets that cannot be read (st.secrets raises when there is no secrets file) have
+    no [auth].
     """
-    if not secrets_mapping:
+    if secrets_mapping is None:
         return False
     try:
         section = secrets_mapping.get("auth")
-    except Exception:  # noqa: BLE001 - a secrets object that cannot be read has no [auth]
+        return isinstance(section, Mapping) and len(section) > 0
+    except Exception:  # noqa: BLE001 - unreadable secrets: no sign-in configured
         return False
-    return isinstance(section, Mapping) and len(section) > 0
 
 
 def login_providers(secrets_mapping: Mapping[str, Any] | None) -> list[str]:

@@ -110,10 +110,12 @@ def export_chunks(
     *,
     channel: str = "api",
 ) -> Iterator[bytes]:
-    """Stream an immediate export's bytes, then write the audit.export record.
+    """Stream an immediate export's bytes, writing its audit.export record first.
 
-    The plan is checked against the principal before the first byte, so a plan made
-    for someone else cannot be replayed.
+    The plan is checked against the principal before anything else, so a plan made for
+    someone else cannot be replayed. The record is written before the first byte leaves
+    (a reader who hangs up half-way has still been recorded), and if it cannot be
+    written, nothing is handed out.
     """
     check_plan(who, plan)
     return _stream(engine, who, plan, settings, channel)
@@ -123,8 +125,12 @@ def _stream(
     engine: Engine, who: Principal, plan: export.ExportPlan, settings: Settings, channel: str
 ) -> Iterator[bytes]:
     with engine.connect() as conn:
-        yield from export.chunks(conn, plan)
-    record_export(engine, who, plan, settings, channel=channel)
+        chunks = export.chunks(conn, plan)
+        first = next(chunks, None)
+        record_export(engine, who, plan, settings, channel=channel)
+        if first is not None:
+            yield first
+        yield from chunks
 
 
 def record_export(

@@ -324,8 +324,11 @@ def test_the_secrets_example_is_accepted_by_streamlit(tmp_path: Path) -> None:
     script = (
         "import tomllib, sys\n"
         "from streamlit.auth_util import validate_auth_credentials\n"
-        "from audit_core.access import login_providers\n"
-        "names = login_providers(tomllib.load(open('.streamlit/secrets.toml', 'rb')))\n"
+        "import streamlit as st\n"
+        "from audit_core.access import auth_configured, login_providers\n"
+        "assert auth_configured(st.secrets)\n"
+        "names = login_providers(st.secrets)\n"
+        "assert names == login_providers(tomllib.load(open('.streamlit/secrets.toml', 'rb')))\n"
         "for name in names:\n"
         "    validate_auth_credentials(name)\n"
         "print(','.join(names))\n"
@@ -337,3 +340,18 @@ def test_the_secrets_example_is_accepted_by_streamlit(tmp_path: Path) -> None:
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "okta,microsoft,google,keycloak"
+
+
+def test_auth_configured_reads_st_secrets_without_a_secrets_file(tmp_path: Path) -> None:
+    """st.secrets raises when no secrets file exists; that means no [auth], not a crash."""
+    script = (
+        "import streamlit as st\n"
+        "from audit_core.access import auth_configured\n"
+        "print(auth_configured(st.secrets))\n"
+    )
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    r = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert (r.returncode, r.stdout) == (0, "False\n"), r.stderr

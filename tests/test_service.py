@@ -148,3 +148,14 @@ def test_an_export_writes_exactly_one_audit_record(demo: Engine, settings: Setti
 def test_unknown_picker_column_is_refused(demo: Engine) -> None:
     with demo.connect() as conn, pytest.raises(ValueError):
         service.distinct_values(conn, LOCAL_ADMIN, "resource")
+
+
+def test_a_reader_who_stops_early_has_still_been_recorded(demo: Engine, settings: Settings) -> None:
+    with demo.connect() as conn:
+        plan = service.plan_export(conn, LOCAL_ADMIN, AuditFilter(), "jsonl")
+    stream = service.export_chunks(demo, LOCAL_ADMIN, plan, settings)
+    assert audit_count(demo, "audit.export") == 0  # nothing is written before it starts
+    first = next(stream)
+    assert first.startswith(b'{"id":')
+    stream.close()  # type: ignore[attr-defined]
+    assert audit_count(demo, "audit.export") == 1
