@@ -213,14 +213,6 @@ def progress(rows_written: int | None, estimated: int | None, state: str) -> flo
     return max(0.0, min(1.0, (rows_written or 0) / estimated))
 
 
-def parse_namespaces(text: str) -> frozenset[str] | None:
-    """'*' -> None (every namespace); 'a, b' -> {'a', 'b'}."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if "*" in parts:
-        return None
-    return frozenset(parts)
-
-
 def describe_namespaces(namespaces: frozenset[str] | None) -> str:
     return "every namespace" if namespaces is None else (", ".join(sorted(namespaces)) or "none")
 
