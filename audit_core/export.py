@@ -10,7 +10,14 @@ from sqlalchemy import Connection
 
 from . import fastpath, query
 from .filters import AuditFilter
-from .formats import csv_chunks, export_metadata, json_chunks, jsonl_chunks
+from .formats import (
+    csv_chunks,
+    export_metadata,
+    json_chunks,
+    json_from_encoded,
+    jsonl_chunks,
+    jsonl_from_encoded,
+)
 from .record import format_instant
 
 
@@ -51,9 +58,12 @@ def chunks(conn: Connection, p: ExportPlan) -> Iterator[bytes]:
             return
         yield from csv_chunks(query.stream(conn, p.filter, p.upto_seq))
         return
-    batches = query.stream(conn, p.filter, p.upto_seq)
+    encoded = fastpath.json_records(conn, p.filter, p.upto_seq)
     if p.fmt == "jsonl":
-        yield from jsonl_chunks(batches)
+        if encoded is not None:
+            yield from jsonl_from_encoded(encoded)
+        else:
+            yield from jsonl_chunks(query.stream(conn, p.filter, p.upto_seq))
         return
     assert p.filter.end is not None
     start = p.filter.start
@@ -64,4 +74,7 @@ def chunks(conn: Connection, p: ExportPlan) -> Iterator[bytes]:
         total=p.total,
         description=p.filter.describe(),
     )
-    yield from json_chunks(batches, meta)
+    if encoded is not None:
+        yield from json_from_encoded(encoded, meta)
+    else:
+        yield from json_chunks(query.stream(conn, p.filter, p.upto_seq), meta)

@@ -47,19 +47,21 @@ def _q(name: str) -> str:
 
 
 def _sqlite_csv_line() -> str:
-    cells = []
-    for f in FIELDS:
-        v = _q(f)
-        if f in _FREE_TEXT:
-            v = f"(CASE WHEN substr({v},1,1) IN {_LEAD_SQLITE} THEN '''' || {v} ELSE {v} END)"
-        # Python's csv QUOTE_MINIMAL with lineterminator CRLF: quote when the cell holds
-        # the delimiter, the quote character, CR or LF; double the quotes inside.
-        cells.append(
-            f"(CASE WHEN instr({v},',') OR instr({v},'\"') OR instr({v},char(10))"
-            f" OR instr({v},char(13))"
-            f" THEN '\"' || replace({v},'\"','\"\"') || '\"' ELSE {v} END)"
-        )
-    return "CAST(" + " || ',' || ".join(cells) + " AS BLOB)"
+    """Raw cells joined by 0xFF; 0xFD first when a free-text cell might need neutralising.
+
+    Neither byte occurs in UTF-8 text, so the cells split back exactly. The 0xFD test is
+    a cheap superset (plain comparisons, one min()): every formula lead character sorts
+    below 'A', so a row whose free-text cells all sort at or above 'A' (and whose source
+    address starts with a digit, '.', '/', ':' ';' '<' or a letter) needs no quote prefix.
+    """
+    free = [f for f in _FREE_TEXT if f != "sourceIP"]
+    ip = _q("sourceIP")
+    clean = (
+        f"min({', '.join(_q(f) for f in free)}) >= 'A'"
+        f" AND ({ip} >= 'A' OR ({ip} >= '.' AND {ip} < '='))"
+    )
+    cells = " || x'ff' || ".join(_q(f) for f in FIELDS)
+    return f"CAST((CASE WHEN {clean} THEN x'' ELSE x'fd' END) || {cells} AS BLOB)"
 
 
 def _sqlite_json_object() -> str:
@@ -127,10 +129,39 @@ def _sqlite_csv(conn: Connection, flt: AuditFilter, upto_seq: int | None) -> Ite
     from .formats import CSV_HEADER
 
     yield CSV_HEADER.encode()
-    join = b"\r\n".join
     chain = itertools.chain.from_iterable
     for rows in _sqlite_lines(conn, SQLITE_CSV_LINE, flt, upto_seq):
-        yield join(chain(rows)) + b"\r\n"
+        body = b"\xfe".join(chain(rows))
+        if (
+            b"\xfd" in body
+            or b"," in body
+            or b'"' in body
+            or b"\n" in body
+            or b"\r" in body
+        ):
+            # Some cell needs quoting or neutralising: do this batch cell by cell.
+            yield b"".join([_exact_line(r[0]) for r in rows])
+        else:
+            yield body.replace(b"\xff", b",").replace(b"\xfe", b"\r\n") + b"\r\n"
+
+
+_LEAD = frozenset(b"=+-@\t\r\n'")
+_FREE_IDX = tuple(FIELDS.index(f) for f in _FREE_TEXT)
+
+
+def _exact_line(line: bytes) -> bytes:
+    """One 0xFF-separated row -> the CSV line formats.csv_chunks writes (CRLF included)."""
+    if line[:1] == b"\xfd":
+        line = line[1:]
+    cells = line.split(b"\xff")
+    for i in _FREE_IDX:
+        c = cells[i]
+        if c and c[0] in _LEAD:
+            cells[i] = b"'" + c
+    for i, c in enumerate(cells):
+        if b"," in c or b'"' in c or b"\n" in c or b"\r" in c:
+            cells[i] = b'"' + c.replace(b'"', b'""') + b'"'
+    return b",".join(cells) + b"\r\n"
 
 
 def _pg_csv(conn: Connection, flt: AuditFilter, upto_seq: int | None) -> Iterator[bytes]:

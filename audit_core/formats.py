@@ -63,22 +63,39 @@ def csv_chunks(batches: Iterable[list[Row]], *, header: bool = True) -> Iterator
         buf.truncate()
 
 
+def _encoded(batches: Iterable[list[Row]]) -> Iterator[list[bytes]]:
+    for batch in batches:
+        yield [orjson.dumps(dict(zip(FIELDS, r, strict=True))) for r in batch]
+
+
 def jsonl_chunks(batches: Iterable[list[Row]]) -> Iterator[bytes]:
     """Yield JSON Lines: one record object per line."""
-    for batch in batches:
-        if batch:
-            yield b"\n".join(orjson.dumps(dict(zip(FIELDS, r, strict=True))) for r in batch) + b"\n"
+    return jsonl_from_encoded(_encoded(batches))
 
 
 def json_chunks(batches: Iterable[list[Row]], metadata: Mapping[str, Any]) -> Iterator[bytes]:
     """Yield the seed's AuditExport envelope, records streamed one line each."""
+    return json_from_encoded(_encoded(batches), metadata)
+
+
+def jsonl_from_encoded(batches: Iterable[list[bytes]]) -> Iterator[bytes]:
+    """JSON Lines from batches of records already encoded as compact JSON objects."""
+    for batch in batches:
+        if batch:
+            yield b"\n".join(batch) + b"\n"
+
+
+def json_from_encoded(
+    batches: Iterable[list[bytes]], metadata: Mapping[str, Any]
+) -> Iterator[bytes]:
+    """The AuditExport envelope around batches of records already encoded as JSON objects."""
     head = orjson.dumps({"apiVersion": "v1", "kind": "AuditExport", "metadata": metadata})
     yield head[:-1] + b',"records":['
     first = True
     for batch in batches:
         if not batch:
             continue
-        body = b",\n".join(orjson.dumps(dict(zip(FIELDS, r, strict=True))) for r in batch)
+        body = b",\n".join(batch)
         yield (b"\n" if first else b",\n") + body
         first = False
     yield b"]}\n" if first else b"\n]}\n"

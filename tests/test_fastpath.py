@@ -200,3 +200,65 @@ def test_crlf_restores_row_ends_only() -> None:
     rows = [b'a,"x\ny"\n', b"b,c\n", b'"\n",\n']
     assert fastpath._crlf(rows) == b'a,"x\ny"\r\nb,c\r\n"\n",\r\n'
     assert fastpath._crlf([b"a\n", b"b\n"]) == b"a\r\nb\r\n"
+
+
+ALPHABET = list(',"\r\n\t=+-@\' ;|\\/.:') + ["é", "日", "🙂", "\u2028", "\x01", "\x7f"] + list("abcXYZ019")
+
+
+def random_records(n: int, seed: int) -> list:
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        fields = {"id": f"audit-20260305-{i + 1:04d}",
+                  "timestamp": f"2026-03-05T{rng.randint(0, 2):02d}:00:00Z"}
+        for f in FIELDS[2:-1]:
+            v = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(0, 6)))
+            if f in REQUIRED and not v.strip():
+                v = "r" + v
+            fields[f] = v
+        fields["checksum"] = compute_checksum(fields)
+        out.append(normalize(fields))
+    return out
+
+
+def test_random_values_are_byte_identical(engine: Engine) -> None:
+    """Randomised cells from an alphabet of specials, in batches big and small."""
+    with engine.begin() as conn:
+        store.append(conn, random_records(3000, seed=11))
+    with engine.connect() as conn:
+        upto = query.max_seq(conn)
+        for flt in (AuditFilter(), AuditFilter.parse(start="2026-03-05T01:00:00Z")):
+            fast = fastpath.csv_chunks(conn, flt, upto)
+            assert fast is not None
+            assert b"".join(fast) == plain_csv(conn, flt, upto)
+            enc = fastpath.json_records(conn, flt, upto)
+            if enc is not None:
+                assert b"".join(formats.jsonl_from_encoded(enc)) == plain_jsonl(conn, flt, upto)
+
+
+def test_nul_characters_on_sqlite(tmp_path) -> None:
+    """SQLite stores NUL inside text (PostgreSQL refuses it): still byte-identical."""
+    from audit_core.db import make_engine, migrate
+
+    eng = make_engine(f"sqlite:///{tmp_path}/nul.db")
+    migrate(eng)
+    recs = []
+    for i, v in enumerate(["a\x00b", "\x00", "=\x00,", "\x00=", "x\x00\"y"]):
+        fields = {"id": f"audit-20260301-{i + 1:03d}", "timestamp": "2026-03-01T00:00:00Z",
+                  "action": "a" + v, "user": "u" + v, "role": v, "resource": v,
+                  "resourceType": v, "namespace": "n" + v, "sourceIP": v}
+        fields["checksum"] = compute_checksum(fields)
+        recs.append(normalize(fields))
+    with eng.begin() as conn:
+        store.append(conn, recs)
+    with eng.connect() as conn:
+        upto = query.max_seq(conn)
+        fast = fastpath.csv_chunks(conn, AuditFilter(), upto)
+        assert fast is not None
+        assert b"".join(fast) == plain_csv(conn, AuditFilter(), upto)
+        enc = fastpath.json_records(conn, AuditFilter(), upto)
+        assert enc is not None
+        assert b"".join(formats.jsonl_from_encoded(enc)) == plain_jsonl(conn, AuditFilter(), upto)
+    eng.dispose()
