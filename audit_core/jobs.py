@@ -20,9 +20,9 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Row, func, insert, select, update
+from sqlalchemy import Connection, Engine, Row, Table, func, insert, select, update
 
 from . import export, store
 from .access import AccessDenied, Principal
@@ -32,7 +32,7 @@ from .formats import EXTENSIONS, filename
 from .models import ExportJob
 from .record import format_instant
 
-J = ExportJob.__table__
+J = cast(Table, ExportJob.__table__)
 STATES = ("queued", "processing", "completed", "failed", "cancelled", "expired")
 ACTIVE = ("queued", "processing")
 COMPRESSIONS = ("none", "gzip")
@@ -44,7 +44,7 @@ class JobError(Exception):
     """A job request that cannot be done; the message is fit to show the person asking."""
 
 
-class TooManyJobs(JobError):
+class TooManyJobs(JobError):  # noqa: N818 - the name callers code against
     """The principal already has as many queued or running jobs as allowed."""
 
     def __init__(self, limit: int) -> None:
@@ -55,7 +55,7 @@ class TooManyJobs(JobError):
         self.limit = limit
 
 
-class JobNotFound(JobError, LookupError):
+class JobNotFound(JobError, LookupError):  # noqa: N818 - reads like TooManyJobs
     """No such job, or not one the principal may see (the two look the same on purpose)."""
 
     def __init__(self, job_id: str) -> None:
@@ -63,7 +63,7 @@ class JobNotFound(JobError, LookupError):
         self.job_id = job_id
 
 
-class JobNotCancellable(JobError):
+class JobNotCancellable(JobError):  # noqa: N818 - reads like TooManyJobs
     """Only a queued job can be cancelled."""
 
     def __init__(self, job_id: str, state: str) -> None:

@@ -68,11 +68,11 @@ class Timing:
         )
 
 
-class LeaseLost(Exception):
+class LeaseLostError(Exception):
     """Another worker took the job over, or it left the processing state."""
 
 
-class Stopping(Exception):
+class StopRequestedError(Exception):
     """The worker was asked to stop in the middle of a job."""
 
 
@@ -178,8 +178,13 @@ class Worker:
         done = conn.execute(
             update(J)
             .where(J.c.job_id == job_id, runnable)
-            .values(state="failed", finished_at=now, last_error=error, lease_owner=None,
-                    lease_expires_at=None)
+            .values(
+                state="failed",
+                finished_at=now,
+                last_error=error,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
         ).rowcount
         if done:
             _log_job_event(conn, self.settings, job_id, "audit.job.fail")
@@ -197,10 +202,10 @@ class Worker:
             _remove_stale_parts(final)
             size, digest, rows = self._write(row, tmp)
             self._complete(job_id, tmp, final, size, digest, rows)
-        except Stopping:
+        except StopRequestedError:
             _unlink(tmp)
             self._release(job_id)
-        except LeaseLost:
+        except LeaseLostError:
             _unlink(tmp)
             log.warning("export worker %s: lost the lease on %s", self.name, job_id)
         except Exception as exc:  # noqa: BLE001 - recorded on the job, readable
@@ -215,8 +220,7 @@ class Worker:
             out: Any = sink
             if row.compression == "gzip":
                 # mtime=0 and no file name in the header: the same job gives the same bytes.
-                out = gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0,
-                                    compresslevel=6)
+                out = gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0, compresslevel=6)
             with self.engine.connect() as conn:
                 for chunk in self._paced(str(row.job_id), plan, export.chunks(conn, plan)):
                     out.write(chunk)
@@ -226,8 +230,9 @@ class Worker:
             os.fsync(fh.fileno())
         return sink.size, sink.sha256.hexdigest(), plan.total
 
-    def _paced(self, job_id: str, plan: export.ExportPlan, chunks: Iterator[bytes]
-               ) -> Iterator[bytes]:
+    def _paced(
+        self, job_id: str, plan: export.ExportPlan, chunks: Iterator[bytes]
+    ) -> Iterator[bytes]:
         """Pass chunks through, renewing the lease and reporting progress as they go."""
         newline = b"\r\n" if plan.fmt == "csv" else b"\n"
         lines = -1 if plan.fmt == "csv" else 0  # the CSV header is not a row
@@ -239,7 +244,7 @@ class Worker:
                 # so counting lines is a good progress figure; the final count is the plan's.
                 lines += chunk.count(newline)
                 if self.stop_event.is_set():
-                    raise Stopping
+                    raise StopRequestedError
                 if self.timing.batch_delay:
                     time.sleep(self.timing.batch_delay)
                 if time.monotonic() - last_beat >= self.timing.heartbeat_seconds:
@@ -257,41 +262,56 @@ class Worker:
         lease = _now() + timedelta(seconds=self.timing.lease_seconds)
         with self.engine.begin() as conn:
             held = conn.execute(
-                update(J).where(self._mine(job_id)).values(lease_expires_at=lease,
-                                                           rows_written=rows)
+                update(J)
+                .where(self._mine(job_id))
+                .values(lease_expires_at=lease, rows_written=rows)
             ).rowcount
         if not held:
-            raise LeaseLost(job_id)
+            raise LeaseLostError(job_id)
 
-    def _complete(self, job_id: str, tmp: Path, final: Path, size: int, digest: str,
-                  rows: int) -> None:
+    def _complete(
+        self, job_id: str, tmp: Path, final: Path, size: int, digest: str, rows: int
+    ) -> None:
         now = _now()
         expires = now + timedelta(hours=self.settings.export_ttl_hours)
         with self.engine.begin() as conn:
             held = conn.execute(
-                update(J).where(self._mine(job_id)).values(
-                    state="completed", finished_at=now, expires_at=expires, rows_written=rows,
-                    file_name=final.name, file_size=size, file_sha256=digest, last_error=None,
+                update(J)
+                .where(self._mine(job_id))
+                .values(
+                    state="completed",
+                    finished_at=now,
+                    expires_at=expires,
+                    rows_written=rows,
+                    file_name=final.name,
+                    file_size=size,
+                    file_sha256=digest,
+                    last_error=None,
                     lease_expires_at=None,  # lease_owner stays: who built the file
                 )
             ).rowcount
             if not held:
-                raise LeaseLost(job_id)
+                raise LeaseLostError(job_id)
             # Published only while the row is locked as ours; if the commit then failed the
             # job would simply run again and write the same bytes.
             os.replace(tmp, final)
             _fsync_dir(final.parent)
             _log_job_event(conn, self.settings, job_id, "audit.job.complete")
-        log.info("export worker %s: %s completed, %d rows, %d bytes", self.name, job_id, rows,
-                 size)
+        log.info("export worker %s: %s completed, %d rows, %d bytes", self.name, job_id, rows, size)
 
     def _release(self, job_id: str) -> None:
         """Hand an interrupted job back to the queue; the interruption is not a failure."""
         with self.engine.begin() as conn:
             conn.execute(
-                update(J).where(self._mine(job_id)).values(
-                    state="queued", lease_owner=None, lease_expires_at=None, started_at=None,
-                    rows_written=0, attempts=J.c.attempts - 1,
+                update(J)
+                .where(self._mine(job_id))
+                .values(
+                    state="queued",
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    started_at=None,
+                    rows_written=0,
+                    attempts=J.c.attempts - 1,
                 )
             )
         log.info("export worker %s: released %s", self.name, job_id)
@@ -302,8 +322,7 @@ class Worker:
         if final:
             error = f"failed after {attempts} attempts: {error}"
         with self.engine.begin() as conn:
-            values: dict[str, Any] = dict(last_error=error, lease_owner=None,
-                                          lease_expires_at=None)
+            values: dict[str, Any] = dict(last_error=error, lease_owner=None, lease_expires_at=None)
             if final:
                 values.update(state="failed", finished_at=_now())
             else:
@@ -326,7 +345,8 @@ def sweep_expired(engine: Engine, settings: Settings, now: datetime | None = Non
     for job_id, fmt, compression in due:
         with engine.begin() as conn:
             done = conn.execute(
-                update(J).where(J.c.job_id == job_id, J.c.state == "completed")
+                update(J)
+                .where(J.c.job_id == job_id, J.c.state == "completed")
                 .values(state="expired")
             ).rowcount
             if not done:
@@ -399,14 +419,21 @@ def _fsync_dir(path: Path) -> None:
 class WorkerThreads:
     """Worker threads sharing one stop event; stop() asks them to finish and waits."""
 
-    def __init__(self, engine: Engine, settings: Settings, *, concurrency: int = 1,
-                 timing: Timing | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        *,
+        concurrency: int = 1,
+        timing: Timing | None = None,
+    ) -> None:
         self.stop_event = threading.Event()
         self.threads: list[threading.Thread] = []
         base = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         for i in range(concurrency):
-            w = Worker(engine, settings, timing=timing, name=f"{base}/{i + 1}",
-                       stop_event=self.stop_event)
+            w = Worker(
+                engine, settings, timing=timing, name=f"{base}/{i + 1}", stop_event=self.stop_event
+            )
             name = THREAD_NAME if concurrency == 1 else f"{THREAD_NAME}-{i + 1}"
             self.threads.append(threading.Thread(target=w.run_forever, name=name, daemon=True))
 
@@ -440,8 +467,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         raise ValueError("--concurrency must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(threadName)s %(message)s")
     engine = open_engine(settings)
-    threads = WorkerThreads(engine, settings, concurrency=args.concurrency,
-                            timing=Timing.from_env())
+    threads = WorkerThreads(
+        engine, settings, concurrency=args.concurrency, timing=Timing.from_env()
+    )
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("signal %d: stopping", signum)
@@ -458,6 +486,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 def register_cli(subparsers: Any) -> None:
     """Add `worker [--concurrency N]`."""
     p = subparsers.add_parser("worker", help="run background export workers until stopped")
-    p.add_argument("--concurrency", type=int, default=1,
-                   help="jobs to run at once in this process (default 1)")
+    p.add_argument(
+        "--concurrency", type=int, default=1, help="jobs to run at once in this process (default 1)"
+    )
     p.set_defaults(func=cmd_worker)

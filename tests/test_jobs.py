@@ -34,8 +34,9 @@ def events(engine: Engine, action: str, resource: str) -> list[AuditRecord]:
     return list(rows)
 
 
-def queue(engine: Engine, settings: Settings, who: Principal = ANA, fmt: str = "csv",
-          **kw: object) -> jobs.JobInfo:
+def queue(
+    engine: Engine, settings: Settings, who: Principal = ANA, fmt: str = "csv", **kw: object
+) -> jobs.JobInfo:
     with engine.connect() as conn:
         plan = service.plan_export(conn, who, AuditFilter(), fmt, now=NOW)
     return jobs.enqueue(engine, plan, who, settings, **kw)  # type: ignore[arg-type]
@@ -64,7 +65,11 @@ def test_enqueue_stores_the_plan_and_audits_it(engine: Engine, settings: Setting
 
     (record,) = events(engine, "audit.export.queue", job.job_id)
     assert (record.user, record.role, record.namespace, record.sourceIP, record.resourceType) == (
-        ANA.email, "auditor", settings.self_namespace, ANA.source_ip, "ExportJob"
+        ANA.email,
+        "auditor",
+        settings.self_namespace,
+        ANA.source_ip,
+        "ExportJob",
     )
 
 
@@ -82,9 +87,7 @@ def test_viewer_cannot_enqueue(engine: Engine, settings: Settings) -> None:
         jobs.enqueue(engine, plan, replace(ANA, role="viewer"), settings)
 
 
-def test_per_user_cap_counts_queued_and_processing_only(
-    engine: Engine, settings: Settings
-) -> None:
+def test_per_user_cap_counts_queued_and_processing_only(engine: Engine, settings: Settings) -> None:
     add_demo(engine, 50)
     settings = replace(settings, max_queued_jobs=2)
     first = queue(engine, settings)
@@ -163,8 +166,13 @@ def test_document_is_the_seed_body_with_progress_after(engine: Engine, settings:
     assert body["status"]["expiresAt"] == "2026-11-26T18:30:00Z"
     assert body["status"]["rowsWritten"] == 0
 
-    done = replace(job, state="completed", expires_at=datetime(2026, 11, 26, 19, tzinfo=UTC),
-                   file_size=10, file_sha256="ab" * 32)
+    done = replace(
+        job,
+        state="completed",
+        expires_at=datetime(2026, 11, 26, 19, tzinfo=UTC),
+        file_size=10,
+        file_sha256="ab" * 32,
+    )
     status = jobs.document(done, now=later)["status"]
     assert status["expiresAt"] == "2026-11-26T19:00:00Z"
     assert (status["fileSize"], status["sha256"]) == (10, "ab" * 32)

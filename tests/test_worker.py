@@ -59,8 +59,13 @@ def event_count(engine: Engine, action: str, resource: str | None = None) -> int
         return int(conn.execute(stmt).scalar_one())
 
 
-def enqueue(engine: Engine, settings: Settings, fmt: str = "csv", compression: str = "none",
-            flt: AuditFilter | None = None) -> tuple[jobs.JobInfo, bytes]:
+def enqueue(
+    engine: Engine,
+    settings: Settings,
+    fmt: str = "csv",
+    compression: str = "none",
+    flt: AuditFilter | None = None,
+) -> tuple[jobs.JobInfo, bytes]:
     """Queue a job; return it with the bytes of a direct export planned at the same moment."""
     with engine.connect() as conn:
         plan = service.plan_export(conn, ANA, flt or AuditFilter(), fmt)
@@ -163,17 +168,21 @@ def test_expired_job_file_is_gone_and_job_says_so(engine: Engine, settings: Sett
     assert sweep_expired(engine, settings, now=done.expires_at + timedelta(days=1)) == []
 
 
-def test_each_job_event_writes_exactly_one_audit_record(
-    engine: Engine, settings: Settings
-) -> None:
+def test_each_job_event_writes_exactly_one_audit_record(engine: Engine, settings: Settings) -> None:
     add_demo(engine, 200)
     job, _ = enqueue(engine, settings)
     Worker(engine, settings, timing=FAST).run_until_idle()
     sweep_expired(engine, settings, now=datetime.now(UTC) + timedelta(days=1))
     with engine.connect() as conn:
         rows = conn.execute(
-            select(AuditRecord.action, AuditRecord.user, AuditRecord.role,
-                   AuditRecord.resource_type, AuditRecord.namespace, AuditRecord.source_ip)
+            select(
+                AuditRecord.action,
+                AuditRecord.user,
+                AuditRecord.role,
+                AuditRecord.resource_type,
+                AuditRecord.namespace,
+                AuditRecord.source_ip,
+            )
             .where(AuditRecord.resource == job.job_id)
             .order_by(AuditRecord.seq)
         ).all()
@@ -280,19 +289,24 @@ def test_in_process_worker_thread_runs_jobs_and_stops_cleanly(
 
 
 @contextmanager
-def worker_process(env: dict[str, str], log: Path, *extra: str, **timing: str
-                   ) -> Iterator[subprocess.Popen[bytes]]:
+def worker_process(
+    env: dict[str, str], log: Path, *extra: str, **timing: str
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run `python -m audit_core worker` and make sure it is gone afterwards."""
-    env = dict(env, AUDIT_WORKER_POLL_SECONDS="0.1", AUDIT_WORKER_HEARTBEAT_SECONDS="0.3",
-               **timing)
+    env = dict(env, AUDIT_WORKER_POLL_SECONDS="0.1", AUDIT_WORKER_HEARTBEAT_SECONDS="0.3", **timing)
     with open(log, "wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "audit_core", "worker", *extra],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
         )
     try:
-        wait_for(f"{log.name} to start", lambda: b"started" in log.read_bytes() or
-                 proc.poll() is not None)
+        wait_for(
+            f"{log.name} to start",
+            lambda: b"started" in log.read_bytes() or proc.poll() is not None,
+        )
         assert proc.poll() is None, log.read_text()
         yield proc
     finally:
@@ -306,8 +320,12 @@ def test_worker_killed_mid_job_is_redone_once_by_another(
 ) -> None:
     add_demo(engine, 20_000)
     job, direct = enqueue(engine, settings, "csv")
-    with worker_process(env, tmp_path / "first.log", AUDIT_WORKER_LEASE_SECONDS="2",
-                        AUDIT_WORKER_BATCH_DELAY_MS="400") as first:
+    with worker_process(
+        env,
+        tmp_path / "first.log",
+        AUDIT_WORKER_LEASE_SECONDS="2",
+        AUDIT_WORKER_BATCH_DELAY_MS="400",
+    ) as first:
         wait_for("a partly written file", lambda: any(p.stat().st_size for p in parts(settings)))
         first.send_signal(signal.SIGKILL)
         first.wait()
@@ -354,17 +372,24 @@ def test_two_worker_processes_run_twenty_jobs_exactly_once(
     timing = {"AUDIT_WORKER_BATCH_DELAY_MS": "300"}
     with (
         worker_process(env, tmp_path / "a.log", **timing),
-        worker_process(env, tmp_path / "b.log", **timing),
+        worker_process(env, tmp_path / "b.log", "--concurrency", "2", **timing),
     ):
-        queued = [enqueue(engine, settings, fmt)[0] for fmt in ("csv", "json", "jsonl", "csv") * 5]
+        pairs = [enqueue(engine, settings, fmt) for fmt in ("csv", "json", "jsonl", "csv") * 5]
         with engine.connect() as conn:
-            wait_for("every job to complete", lambda: conn.execute(
-                select(func.count()).where(J.c.state == "completed")).scalar() == 20)
+            wait_for(
+                "every job to complete",
+                lambda: (
+                    conn.execute(select(func.count()).where(J.c.state == "completed")).scalar()
+                    == 20
+                ),
+            )
     with engine.connect() as conn:
         rows = conn.execute(select(J.c.job_id, J.c.attempts, J.c.lease_owner)).all()
+    queued = [job for job, _ in pairs]
     assert sorted(r.job_id for r in rows) == sorted(j.job_id for j in queued)
     assert {r.attempts for r in rows} == {1}
     assert len({r.lease_owner.rsplit("/", 1)[0] for r in rows}) == 2  # both took part
-    for j in queued:
-        assert event_count(engine, "audit.job.complete", j.job_id) == 1
+    for job, direct in pairs:
+        assert event_count(engine, "audit.job.complete", job.job_id) == 1
+        assert finished_file(settings, job) == direct
     assert event_count(engine, "audit.job.complete") == 20
