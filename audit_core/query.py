@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, func, or_, select
+from sqlalchemy import Connection, Select, and_, bindparam, func, literal_column, or_, select
 
 from .filters import AuditFilter
 from .models import AuditRecord
@@ -46,10 +48,82 @@ def max_seq(conn: Connection) -> int:
     return int(conn.execute(select(func.max(T.c.seq))).scalar() or 0)
 
 
+def _count_stmt(
+    conn: Connection, flt: AuditFilter, upto_seq: int | None, after_seq: int | None = None
+) -> Select[Any]:
+    """COUNT(*) of flt among keys (after_seq, upto_seq].
+
+    The key bounds are written `+seq` so that neither engine picks the primary key over
+    the filter's own index (a bare `seq <= n` makes SQLite scan the whole table).
+    Counting only the keys after a cached point walks the primary key instead.
+    """
+    stmt = select(func.count()).select_from(T)
+    if after_seq is not None:
+        stmt = stmt.where(T.c.seq > after_seq, T.c.seq <= (upto_seq or 0))
+        if conn.dialect.name == "sqlite":
+            stmt = stmt.with_hint(T, "NOT INDEXED", "sqlite")
+        return stmt.where(flt.clause(T))
+    stmt = stmt.where(flt.clause(T))
+    if upto_seq is not None:
+        stmt = stmt.where(literal_column("+audit_records.seq") <= bindparam("upto", upto_seq))
+    return stmt
+
+
+@dataclass(frozen=True)
+class _Counted:
+    seq: int  # the count covers keys <= seq ...
+    chain: str  # ... and the row at seq had this chain hash (so: the same history)
+    n: int
+
+
+_COUNT_CACHE: OrderedDict[tuple[str, AuditFilter], _Counted] = OrderedDict()
+_COUNT_CACHE_SIZE = 512
+_count_lock = threading.Lock()
+
+
+def _chain_at(conn: Connection, seq: int) -> str | None:
+    return conn.execute(select(T.c.chain).where(T.c.seq == seq)).scalar()
+
+
 def count(conn: Connection, flt: AuditFilter, upto_seq: int | None = None) -> int:
-    """Count matching records (prefixes as index ranges, so the count walks an index)."""
-    stmt = select(func.count()).select_from(T).where(_where(flt, upto_seq))
-    return int(conn.execute(stmt).scalar() or 0)
+    """Exact count of matching records (with keys <= upto_seq when given).
+
+    The log is append-only and keys grow in chain order, so the rows with keys <= S are
+    fixed once the row at S exists: a count over them stays exact for as long as that
+    row still carries the same chain hash (the hash commits to every row before it).
+    Counts are therefore remembered per database and filter, and a later count adds
+    only the rows appended since, found by primary key. The first count of a filter
+    walks the filter's index (prefixes as index ranges).
+    """
+    db = conn.engine.url
+    if db.get_backend_name() == "sqlite" and db.database in (None, "", ":memory:"):
+        return int(conn.execute(_count_stmt(conn, flt, upto_seq)).scalar() or 0)
+    head = max_seq(conn) if upto_seq is None else upto_seq
+    if head <= 0:
+        return 0
+    key = (db.render_as_string(hide_password=True), flt)
+    with _count_lock:
+        hit = _COUNT_CACHE.get(key)
+    if hit is not None and hit.seq <= head and _chain_at(conn, hit.seq) == hit.chain:
+        n = hit.n
+        if head > hit.seq:
+            n += int(conn.execute(_count_stmt(conn, flt, head, hit.seq)).scalar() or 0)
+    else:
+        n = int(conn.execute(_count_stmt(conn, flt, head)).scalar() or 0)
+    chain = hit.chain if hit is not None and hit.seq == head else _chain_at(conn, head)
+    if chain is not None:
+        with _count_lock:
+            _COUNT_CACHE[key] = _Counted(head, chain, n)
+            _COUNT_CACHE.move_to_end(key)
+            while len(_COUNT_CACHE) > _COUNT_CACHE_SIZE:
+                _COUNT_CACHE.popitem(last=False)
+    return n
+
+
+def forget_counts() -> None:
+    """Drop every remembered count (for benchmarks that time first counts)."""
+    with _count_lock:
+        _COUNT_CACHE.clear()
 
 
 @dataclass(frozen=True)
@@ -71,23 +145,29 @@ def _decode_token(token: str) -> tuple[int, int]:
         raise PageTokenError("that page link is not valid; start again from the newest") from None
 
 
-def preview(
-    conn: Connection, flt: AuditFilter, *, limit: int = 500, after: str | None = None
-) -> Page:
-    """Return the newest `limit` matching records, older than the `after` token if given."""
+def _preview_stmt(
+    conn: Connection, flt: AuditFilter, limit: int, after: tuple[int, int] | None
+) -> Select[Any]:
     sqlite = conn.dialect.name == "sqlite"
     # On SQLite, LIKE keeps the planner on the timestamp index for newest-first (see bench).
     where = _where(flt, None, prefix_as_range=not sqlite)
     if after:
-        ts, seq = _decode_token(after)
+        ts, seq = after
         where = and_(where, or_(T.c.ts < ts, and_(T.c.ts == ts, T.c.seq < seq)))
-    stmt: Select[Any] = (
+    return (
         select(T.c.seq, T.c.ts, *EXPORT_COLUMNS)
         .where(where)
         .order_by(T.c.ts.desc(), T.c.seq.desc())
         .limit(limit + 1)
     )
-    rows = conn.execute(stmt).all()
+
+
+def preview(
+    conn: Connection, flt: AuditFilter, *, limit: int = 500, after: str | None = None
+) -> Page:
+    """Return the newest `limit` matching records, older than the `after` token if given."""
+    key = _decode_token(after) if after else None
+    rows = conn.execute(_preview_stmt(conn, flt, limit, key)).all()
     more = len(rows) > limit
     rows = rows[:limit]
     out = [dict(zip(FIELDS, r[2:], strict=True)) for r in rows]
@@ -117,10 +197,14 @@ def stream(
 
 
 def facets(conn: Connection, flt: AuditFilter, limit: int = 10) -> dict[str, list[tuple[str, int]]]:
-    """Top values with counts for action, user and namespace."""
+    """Top values with counts for action, user (lower-cased) and namespace.
+
+    Users are grouped as the filter matches them, case-insensitively, which also lets
+    the count walk the user index.
+    """
     where = _where(flt, None)
     out: dict[str, list[tuple[str, int]]] = {}
-    for name, col in (("action", T.c.action), ("user", T.c.user), ("namespace", T.c.namespace)):
+    for name, col in (("action", T.c.action), ("user", T.c.user_lc), ("namespace", T.c.namespace)):
         n = func.count().label("n")
         stmt = select(col, n).where(where).group_by(col).order_by(n.desc(), col).limit(limit)
         out[name] = [(str(v), int(c)) for v, c in conn.execute(stmt).all()]
@@ -137,16 +221,22 @@ class Summary:
 
 
 def summary(conn: Connection, flt: AuditFilter) -> Summary:
-    """Count, distinct users and actions, first and last timestamp."""
+    """Count, distinct users and actions, first and last timestamp.
+
+    One scalar subquery each, so every part walks its own covering index instead of
+    all five sharing one pass over the table (about 8x faster at 1M rows on SQLite).
+    """
     where = _where(flt, None)
+
+    def scalar(*cols: Any) -> Any:
+        return select(*cols).select_from(T).where(where).scalar_subquery()
+
     row = conn.execute(
         select(
-            func.count(),
-            func.count(T.c.user_lc.distinct()),
-            func.count(T.c.action.distinct()),
-            func.min(T.c.ts),
-            func.max(T.c.ts),
-        ).where(where)
+            scalar(func.count()),
+            scalar(func.count(T.c.user_lc.distinct())),
+            scalar(func.count(T.c.action.distinct())),
+        )
     ).one()
     first = last = None
     if row[0]:
@@ -177,8 +267,8 @@ def histogram(
 
 
 def distinct_values(conn: Connection, column: str, flt: AuditFilter | None = None) -> list[str]:
-    """Every distinct value of action, user or namespace (for pickers)."""
-    col = {"action": T.c.action, "user": T.c.user, "namespace": T.c.namespace}[column]
+    """Every distinct value of action, user (lower-cased, read from its index) or namespace."""
+    col = {"action": T.c.action, "user": T.c.user_lc, "namespace": T.c.namespace}[column]
     stmt = select(col).distinct().order_by(col)
     if flt is not None:
         stmt = stmt.where(_where(flt, None))
@@ -188,3 +278,24 @@ def distinct_values(conn: Connection, column: str, flt: AuditFilter | None = Non
 def first_timestamp(conn: Connection, flt: AuditFilter, upto_seq: int | None = None) -> str | None:
     stmt = select(T.c.timestamp).where(_where(flt, upto_seq)).order_by(T.c.ts, T.c.seq).limit(1)
     return conn.execute(stmt).scalar()
+
+
+def explain(conn: Connection, flt: AuditFilter) -> list[tuple[str, str]]:
+    """The engine's plan for the count and newest-500 statements of flt (for bench/)."""
+    out = []
+    for op, stmt in (("count", _count_stmt(conn, flt, None)), ("newest 500", _preview_stmt(conn, flt, 500, None))):
+        compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+        sql = str(compiled)
+        params = compiled.params
+        if compiled.positiontup is not None:
+            params = tuple(params[k] for k in compiled.positiontup)
+        raw = conn.connection.driver_connection
+        if conn.dialect.name == "sqlite":
+            rows = raw.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
+            text = "\n".join(str(r[-1]) for r in rows)
+        else:
+            with raw.cursor() as cur:
+                cur.execute("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) " + sql, params)
+                text = "\n".join(r[0] for r in cur.fetchall())
+        out.append((op, text))
+    return out
