@@ -7,21 +7,23 @@ Python (and pandas), so it is tested without a browser.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 from sqlalchemy import Engine
 
-from . import service
-from .access import Principal
+from . import query, service
+from .access import AccessDenied, Principal
 from .config import Settings
 from .filters import AuditFilter, FilterError
 from .record import FIELDS, compute_checksum
 from .worker import THREAD_NAME
 
+T = TypeVar("T")
 FILTER_PARAMS = ("from", "to", "action", "user", "namespace")
 LIST_PARAMS = ("action", "user", "namespace")
 PREVIEW_ROWS = 500
@@ -275,3 +277,62 @@ def worker_status(recent_jobs: Iterable[Any]) -> WorkerStatus:
         counts[job.state] = counts.get(job.state, 0) + 1
     text = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "none"
     return WorkerStatus(alive, text)
+
+
+@dataclass(frozen=True)
+class ExploreData:
+    """Everything the Explore page shows for one filter, read in one go."""
+
+    summary: query.Summary
+    facets: dict[str, list[tuple[str, int]]]
+    bucket: str
+    histogram: list[tuple[int, str, int]]  # by action family
+    first_page: query.Page
+
+
+def _read(engine: Engine, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    with engine.connect() as conn:
+        return fn(conn, *args, **kwargs)
+
+
+def explore_data(engine: Engine, who: Principal, flt: AuditFilter) -> ExploreData:
+    """Read summary, facets, histogram and the newest page, two reads at a time.
+
+    Each thread has its own connection: the database does the work (sqlite3 and
+    psycopg release the GIL), so on two cores the page waits for the slower chain
+    (summary, then the histogram whose bucket it decides) rather than for the sum.
+    """
+
+    def summary_and_histogram() -> tuple[query.Summary, str, list[tuple[int, str, int]]]:
+        with engine.connect() as conn:
+            s = service.summary(conn, who, flt)
+            bucket = bucket_for(s.first, s.last)
+            hist = service.histogram(conn, who, flt, bucket=bucket) if s.total else []
+        return s, bucket, hist
+
+    def facets_and_page() -> tuple[dict[str, list[tuple[str, int]]], query.Page]:
+        with engine.connect() as conn:
+            page = service.preview(conn, who, flt, limit=PREVIEW_ROWS)
+            facets = service.facets(conn, who, flt) if page.rows else {}
+        return facets, page
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="explore") as pool:
+        second = pool.submit(facets_and_page)
+        s, bucket, hist = summary_and_histogram()
+        facets, page = second.result()
+    return ExploreData(s, facets, bucket, hist, page)
+
+
+def pickers(engine: Engine, who: Principal) -> dict[str, list[str]]:
+    """Distinct actions, users and namespaces the principal may see, read side by side."""
+    columns = ("action", "user", "namespace")
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="pickers") as pool:
+        futures = {c: pool.submit(_distinct, engine, who, c) for c in columns}
+        return {c: f.result() for c, f in futures.items()}
+
+
+def _distinct(engine: Engine, who: Principal, column: str) -> list[str]:
+    try:
+        return _read(engine, service.distinct_values, who, column)
+    except AccessDenied:  # no grants at all: nothing to offer
+        return []

@@ -97,15 +97,8 @@ def _who(key: tuple[str, str, tuple[str, ...] | None]) -> Principal:
 
 
 @st.cache_data(ttl=CACHE_TTL, max_entries=CACHE_ENTRIES, show_spinner=False)
-def _summary(url: str, who: Any, flt: str) -> query.Summary:
-    with ctx().engine.connect() as conn:
-        return service.summary(conn, _who(who), AuditFilter.from_json(flt))
-
-
-@st.cache_data(ttl=CACHE_TTL, max_entries=CACHE_ENTRIES, show_spinner=False)
-def _facets(url: str, who: Any, flt: str) -> dict[str, list[tuple[str, int]]]:
-    with ctx().engine.connect() as conn:
-        return service.facets(conn, _who(who), AuditFilter.from_json(flt))
+def _explore(url: str, who: Any, flt: str) -> views.ExploreData:
+    return views.explore_data(ctx().engine, _who(who), AuditFilter.from_json(flt))
 
 
 @st.cache_data(ttl=CACHE_TTL, max_entries=CACHE_ENTRIES, show_spinner=False)
@@ -121,17 +114,13 @@ def _preview(url: str, who: Any, flt: str, after: str | None) -> query.Page:
 
 
 @st.cache_data(ttl=60, max_entries=CACHE_ENTRIES, show_spinner=False)
-def _distinct(url: str, who: Any, column: str) -> list[str]:
-    with ctx().engine.connect() as conn:
-        return service.distinct_values(conn, _who(who), column)
+def _pickers(url: str, who: Any) -> dict[str, list[str]]:
+    return views.pickers(ctx().engine, _who(who))
 
 
-def summary(who: Principal, flt: AuditFilter) -> query.Summary:
-    return _summary(ctx().settings.database_url, _who_key(who), flt.to_json())
-
-
-def facets(who: Principal, flt: AuditFilter) -> dict[str, list[tuple[str, int]]]:
-    return _facets(ctx().settings.database_url, _who_key(who), flt.to_json())
+def explore(who: Principal, flt: AuditFilter) -> views.ExploreData:
+    """Summary, facets, daily or hourly activity by family, and the newest page."""
+    return _explore(ctx().settings.database_url, _who_key(who), flt.to_json())
 
 
 def histogram(who: Principal, flt: AuditFilter, bucket: str, by: str) -> list[tuple[int, str, int]]:
@@ -142,14 +131,12 @@ def preview(who: Principal, flt: AuditFilter, after: str | None) -> query.Page:
     return _preview(ctx().settings.database_url, _who_key(who), flt.to_json(), after)
 
 
-def distinct(who: Principal, column: str) -> list[str]:
-    try:
-        return _distinct(ctx().settings.database_url, _who_key(who), column)
-    except access.AccessDenied:
-        return []
+def pickers(who: Principal) -> dict[str, list[str]]:
+    """Choices for the filter widgets: the actions, users and namespaces the principal sees."""
+    return _pickers(ctx().settings.database_url, _who_key(who))
 
 
 def forget_reads() -> None:
     """Drop cached reads (after an ingest changes the log)."""
-    for fn in (_summary, _facets, _histogram, _preview, _distinct):
+    for fn in (_explore, _histogram, _preview, _pickers):
         fn.clear()

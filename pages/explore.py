@@ -42,6 +42,7 @@ def _restore_from_url() -> None:
 def _filter_form(who: Principal) -> tuple[AuditFilter | None, views.FilterInput]:
     """Draw the filter form; return the valid filter (or None) and the values as typed."""
     kept = {k: st.session_state.get(KEYS[k], []) for k in views.LIST_PARAMS}
+    known = common.pickers(who)
     with st.form("explore_filters", border=True):
         c_from, c_to = st.columns(2)
         with c_from:
@@ -61,7 +62,7 @@ def _filter_form(who: Principal) -> tuple[AuditFilter | None, views.FilterInput]
         with c_action:
             st.multiselect(
                 "Action",
-                views.action_options(common.distinct(who, "action"), kept["action"]),
+                views.action_options(known["action"], kept["action"]),
                 key=KEYS["action"],
                 format_func=views.action_label,
                 placeholder="every action",
@@ -71,7 +72,7 @@ def _filter_form(who: Principal) -> tuple[AuditFilter | None, views.FilterInput]
         with c_user:
             st.multiselect(
                 "User",
-                views.with_kept(common.distinct(who, "user"), kept["user"]),
+                views.with_kept(known["user"], kept["user"]),
                 key=KEYS["user"],
                 placeholder="every user",
                 accept_new_options=True,
@@ -81,7 +82,7 @@ def _filter_form(who: Principal) -> tuple[AuditFilter | None, views.FilterInput]
         with c_ns:
             st.multiselect(
                 "Namespace",
-                views.with_kept(common.distinct(who, "namespace"), kept["namespace"]),
+                views.with_kept(known["namespace"], kept["namespace"]),
                 key=KEYS["namespace"],
                 placeholder="every namespace you may see",
                 help="Only the namespaces granted to you are offered.",
@@ -117,23 +118,24 @@ def _sync_url(typed: views.FilterInput) -> None:
 
 def _summary(s: query.Summary, flt: AuditFilter) -> None:
     st.caption(flt.describe())
-    cols = st.columns(5)
+    cols = st.columns(3)
     cols[0].metric("Matching records", f"{s.total:,}")
     cols[1].metric("Users", f"{s.users:,}")
     cols[2].metric("Actions", f"{s.actions:,}")
-    cols[3].metric("First", s.first or "-")
-    cols[4].metric("Last", s.last or "-")
+    if s.total:
+        st.markdown(f"First record **{s.first}** · last record **{s.last}** (UTC)")
 
 
-def _charts(who: Principal, flt: AuditFilter, s: query.Summary) -> None:
+def _charts(who: Principal, flt: AuditFilter, data: views.ExploreData) -> None:
     by = (
         st.segmented_control(
             "Stack activity by", ["family", "namespace"], default="family", key="explore_stack_by"
         )
         or "family"
     )
-    bucket = views.bucket_for(s.first, s.last)
-    frame = views.histogram_frame(common.histogram(who, flt, bucket, by), by)
+    bucket = data.bucket
+    counts = data.histogram if by == "family" else common.histogram(who, flt, bucket, by)
+    frame = views.histogram_frame(counts, by)
     activity = (
         alt.Chart(frame, title=f"Records per {bucket} (UTC)")
         .mark_bar()
@@ -153,12 +155,11 @@ def _charts(who: Principal, flt: AuditFilter, s: query.Summary) -> None:
         .properties(height=260)
     )
     st.altair_chart(activity, width="stretch")
-    top = common.facets(who, flt)
+    top = data.facets
     left, right = st.columns(2)
     for col, name, title in ((left, "action", "Top actions"), (right, "user", "Top users")):
-        data = views.facet_frame(top.get(name, []), name)
         chart = (
-            alt.Chart(data, title=title)
+            alt.Chart(views.facet_frame(top.get(name, []), name), title=title)
             .mark_bar()
             .encode(
                 x=alt.X("records:Q"),
@@ -170,14 +171,15 @@ def _charts(who: Principal, flt: AuditFilter, s: query.Summary) -> None:
         col.altair_chart(chart, width="stretch")
 
 
-def _preview(who: Principal, flt: AuditFilter, total: int) -> None:
+def _preview(who: Principal, flt: AuditFilter, data: views.ExploreData) -> None:
     """Newest 500 first; 'Older' walks back by keyset token; a selected row opens in full."""
     marker = flt.to_json()
     if st.session_state.get("explore_pages_for") != marker:
         st.session_state["explore_pages_for"] = marker
         st.session_state["explore_pages"] = [None]
     tokens: list[str | None] = st.session_state["explore_pages"]
-    page = common.preview(who, flt, tokens[-1])
+    page = data.first_page if tokens[-1] is None else common.preview(who, flt, tokens[-1])
+    total = data.summary.total
     start = (len(tokens) - 1) * views.PREVIEW_ROWS
     st.subheader("Records")
     st.caption(
@@ -262,10 +264,11 @@ _sync_url(typed)
 if flt is None:
     st.stop()
 try:
-    s = common.summary(who, flt)
+    data = common.explore(who, flt)
 except AccessDenied as exc:
     st.error(str(exc))
     st.stop()
+s = data.summary
 _summary(s, flt)
 if s.total == 0:
     if typed.to_query():
@@ -280,7 +283,7 @@ if s.total == 0:
             icon=":material/inbox:",
         )
     st.stop()
-_charts(who, flt, s)
-_preview(who, flt, s.total)
+_charts(who, flt, data)
+_preview(who, flt, data)
 if who.can_export:
     _export(who, flt, s.total)

@@ -1,0 +1,116 @@
+"""Server time of the Explore page: first full render and a filter change, 1M records.
+
+Runs the portal's navigation script under Streamlit's AppTest (the same script a browser
+session runs, minus the websocket) against a SQLite file, with every cache cold:
+
+    .venv/bin/python bench/bench_ui.py [--db PATH] [--records 1000000] [--repeat 3]
+
+The database is generated once (demo data, seed 7) if PATH does not exist. Imports are
+warmed on a tiny database first, as a running server would have them.
+Targets (issue 7): first render < 1 s, filter change < 0.5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from audit_core import portal, store  # noqa: E402
+from audit_core.db import make_engine, migrate  # noqa: E402
+from audit_core.demo import generate  # noqa: E402
+from audit_core.query import max_seq  # noqa: E402
+
+NAV = str(ROOT / "navigation.py")
+
+
+def ensure_db(path: Path, records: int) -> str:
+    url = f"sqlite:///{path}"
+    engine = make_engine(url)
+    migrate(engine)
+    with engine.connect() as conn:
+        have = max_seq(conn)
+    if have < records:
+        print(f"generating {records - have:,} demo records into {path} ...", file=sys.stderr)
+        with engine.begin() as conn:
+            store.append(conn, generate(records - have, seed=7))
+    engine.dispose()
+    return url
+
+
+def point_at(url: str, export_dir: str) -> None:
+    import streamlit as st
+
+    os.environ["AUDIT_DATABASE_URL"] = url
+    os.environ["AUDIT_EXPORT_DIR"] = export_dir
+    portal.reset()
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+def timed(fn) -> float:  # noqa: ANN001
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def one_round(url: str, export_dir: str) -> dict[str, float]:
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    point_at(url, export_dir)
+    portal.context()  # open + migrate check outside the timing: the server does it at start
+    st.cache_data.clear()
+    at = AppTest.from_file(NAV, default_timeout=120)
+    out = {"first render": timed(at.run)}
+    assert not at.exception, at.exception
+    out["same view again (cached)"] = timed(at.run)
+
+    at.multiselect(key="explore_action").set_value(["runbook.*"])
+    button = next(b for b in at.button if b.label == "Apply filters")
+    out["filter change: action runbook.*"] = timed(lambda: button.click().run())
+
+    at.multiselect(key="explore_namespace").set_value(["payments"])
+    button = next(b for b in at.button if b.label == "Apply filters")
+    out["filter change: + namespace payments"] = timed(lambda: button.click().run())
+
+    at.text_input(key="explore_from").set_value(
+        next(m.value for m in at.markdown if m.value.startswith("First record")).split("**")[1]
+    )
+    at.multiselect(key="explore_action").set_value([])
+    at.multiselect(key="explore_namespace").set_value([])
+    button = next(b for b in at.button if b.label == "Apply filters")
+    out["filter change: from = first record"] = timed(lambda: button.click().run())
+    assert not at.exception, at.exception
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", type=Path, default=Path(tempfile.gettempdir()) / "bench-ui-1m.db")
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    url = ensure_db(args.db, args.records)
+    with tempfile.TemporaryDirectory() as tmp:
+        warm = ensure_db(Path(tmp) / "warm.db", 2_000)
+        one_round(warm, tmp)
+        rounds = [one_round(url, tmp) for _ in range(args.repeat)]
+    print(f"Explore page server time, SQLite, {args.records:,} records "
+          f"(median of {args.repeat}, cold caches each round)")
+    for name in rounds[0]:
+        values = [r[name] for r in rounds]
+        print(f"  {name:40s} {statistics.median(values):6.3f} s   "
+              f"(min {min(values):.3f}, max {max(values):.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
