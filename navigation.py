@@ -17,8 +17,17 @@ def sign_in_page() -> None:
     st.title("Audit Export Portal")
     st.write("Filter, preview and export your organisation's audit log.")
     st.write("Sign in with your organisation account to continue.")
-    if st.button("Sign in", type="primary", key="portal_sign_in"):
-        st.login()
+    try:
+        providers = access.login_providers(st.secrets) or ["default"]
+    except Exception:  # noqa: BLE001 - unreadable secrets: let st.login report the problem
+        providers = ["default"]
+    for name in providers:
+        label = "Sign in" if len(providers) == 1 else f"Sign in with {name.title()}"
+        if st.button(label, type="primary", key=f"portal_sign_in_{name}"):
+            if name == "default":
+                st.login()
+            else:
+                st.login(name)
 
 
 def no_access_page() -> None:

@@ -20,6 +20,7 @@ from audit_core.filters import AuditFilter
 from audit_core.formats import jsonl_chunks
 from audit_core.models import AuditRecord
 from audit_core.record import FIELDS
+from audit_core.worker import Worker
 
 from .conftest import add_demo
 
@@ -253,6 +254,23 @@ def test_signed_out_visitors_see_only_a_sign_in_button(
     assert not any("local mode" in i.value for i in at.info)
 
 
+def test_several_providers_get_one_button_each(portal_env: Settings) -> None:
+    at = AppTest.from_file(NAV, default_timeout=60)
+    provider = {k: v for k, v in AUTH["auth"].items() if k not in ("redirect_uri", "cookie_secret")}
+    at.secrets = {
+        "auth": {
+            "redirect_uri": AUTH["auth"]["redirect_uri"],
+            "cookie_secret": "x",
+            "okta": dict(provider),
+            "google": dict(provider),
+        }
+    }
+    at.user = {"is_logged_in": False}
+    at.run()
+    no_exception(at)
+    assert [b.label for b in at.button] == ["Sign in with Okta", "Sign in with Google"]
+
+
 def test_an_unknown_account_is_refused_politely_and_audited_once(
     portal_env: Settings, engine: Engine
 ) -> None:
@@ -355,6 +373,32 @@ def test_exports_page_lists_cancels_and_links_jobs(portal_env: Settings, engine:
     no_exception(at)
     with engine.connect() as conn:
         assert jobs.get_for(conn, job.job_id, LOCAL_ADMIN).state == "cancelled"  # type: ignore[union-attr]
+    assert not has_button(at, "Cancel")
+
+
+def test_auditors_see_only_their_own_jobs_and_a_signed_link_when_done(
+    portal_env: Settings, engine: Engine
+) -> None:
+    add_demo(engine, 400)
+    ann = Principal("ann@example.com", "auditor", None)
+    bob = Principal("bob@example.com", "auditor", None)
+    for who in (ann, bob):
+        access.upsert_user(engine, who.email, "auditor", "*", ADMIN)
+    with engine.connect() as conn:
+        plan = service.plan_export(conn, ann, AuditFilter(), "jsonl")
+    mine = jobs.enqueue(engine, plan, ann, portal_env)
+    theirs = jobs.enqueue(engine, plan, bob, portal_env)
+    Worker(engine, portal_env).run_until_idle()
+    at = app(user=signed_in(ann.email)).run()
+    at.switch_page("pages/exports.py").run()
+    no_exception(at)
+    text = " ".join(m.value for m in at.markdown)
+    assert mine.job_id in text and theirs.job_id not in text
+    assert "completed" in text
+    assert not at.text_input  # only admins filter by person
+    links = [b for b in at.get("link_button")]
+    assert len(links) == 1
+    assert links[0].proto.url.startswith(f"/api/v1/audit/export/download/{mine.job_id}?sig=")
     assert not has_button(at, "Cancel")
 
 
