@@ -461,10 +461,10 @@ def start_in_process(ctx: Any) -> WorkerThreads:
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Run export workers until SIGTERM or SIGINT; an interrupted job goes back to the queue."""
-    from .cli import open_engine
+    from .cli import CliError, open_engine
 
     if args.concurrency < 1:
-        raise ValueError("--concurrency must be at least 1")
+        raise CliError("--concurrency must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(threadName)s %(message)s")
     engine = open_engine(settings)
     threads = WorkerThreads(

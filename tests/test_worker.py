@@ -393,3 +393,22 @@ def test_two_worker_processes_run_twenty_jobs_exactly_once(
         assert event_count(engine, "audit.job.complete", job.job_id) == 1
         assert finished_file(settings, job) == direct
     assert event_count(engine, "audit.job.complete") == 20
+
+
+def test_worker_command_refuses_a_concurrency_below_one(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from audit_core.cli import main
+
+    for key in ("AUDIT_DATABASE_URL", "AUDIT_EXPORT_DIR", "AUDIT_SECRET_KEY"):
+        monkeypatch.setenv(key, env[key])
+    assert main(["worker", "--concurrency", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --concurrency must be at least 1"
+
+
+def test_timing_reads_the_test_knobs_from_the_environment() -> None:
+    timing = Timing.from_env(
+        {"AUDIT_WORKER_LEASE_SECONDS": "2", "AUDIT_WORKER_BATCH_DELAY_MS": "250"}
+    )
+    assert (timing.lease_seconds, timing.batch_delay) == (2.0, 0.25)
+    assert timing.poll_seconds == Timing().poll_seconds
