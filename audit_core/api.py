@@ -1,13 +1,59 @@
-"""Starlette routes of the HTTP API (mounted at /api/v1 by app.py)."""
+"""Starlette routes of the HTTP API (mounted at /api/v1 by app.py).
+
+    GET /audit/export                    the seed's export: 200 streamed file, or 202 job
+    GET /audit/export/jobs/{jobId}       the job's AuditExportJob document
+    GET /audit/export/download/{jobId}   the job's file (202 while not ready, 410 expired)
+    GET /openapi.json                    the OpenAPI 3.1 description of the above
+
+Every data route takes `Authorization: Bearer <token>` (the download route also takes a
+portal-signed `?sig=`); every error is the JSON Status body of DESIGN.md. The routes are
+thin: parse, authenticate, call `service`/`jobs`, shape the response.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import base64
+import logging
+import threading
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, BinaryIO
 
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from . import access, jobs, links, openapi, portal, service, store
+from .access import AccessDenied, Principal, Unauthorized
+from .filters import MAX_PARAM, AuditFilter, FilterError, parse_format
+from .formats import CONTENT_TYPES, filename
+from .portal import Context
+
+log = logging.getLogger(__name__)
+
+EXPORT_PARAMS = ("format", "from", "to", "action", "user", "namespace")
+MAX_QUERY = 4096  # characters in a whole query string
+FILE_CHUNK = 1 << 20  # bytes per chunk when serving a job's file
+RETRY_NOT_READY = 5  # seconds a poller should wait for a job
+RETRY_BUSY = 10  # seconds a caller over a limit should wait
+SECURITY_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+REALM = 'Bearer realm="audit-export"'
+
+Handler = Callable[[Request, Context, "StreamLimiter"], Awaitable[Response]]
+
+
+class ApiError(Exception):
+    """An answer other than success, carried to the route wrapper."""
+
+    def __init__(
+        self, code: int, reason: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.headers = headers or {}
 
 
 def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
@@ -21,9 +67,380 @@ def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
     }
 
 
-async def not_found(request: Request) -> JSONResponse:
-    return JSONResponse(status_body(404, "NotFound", f"no such API path: {request.url.path}"), 404)
+def error_response(
+    code: int, reason: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(status_body(code, reason, message), code, headers=headers)
+
+
+def _context() -> Context:
+    """The process's settings and engine (portal.reset() lets tests switch databases)."""
+    return portal.context()
+
+
+# --------------------------------------------------------------------------- limits
+
+
+class StreamLimiter:
+    """Counts each caller's streams in flight in this process and refuses past the cap."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[str, int] = {}
+
+    def acquire(self, key: str, limit: int) -> None:
+        with self._lock:
+            n = self._open.get(key, 0)
+            if n >= limit:
+                raise ApiError(
+                    429,
+                    "TooManyRequests",
+                    f"you already have {n} exports or downloads streaming (the limit is "
+                    f"{limit}); wait for one to finish",
+                    {"Retry-After": str(RETRY_BUSY)},
+                )
+            self._open[key] = n + 1
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            n = self._open.get(key, 0) - 1
+            if n <= 0:
+                self._open.pop(key, None)
+            else:
+                self._open[key] = n
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _client_ip(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+async def _authenticate(request: Request, ctx: Context) -> Principal:
+    """The bearer token's principal; Unauthorized (401) when missing or not valid."""
+    header = request.headers.get("authorization")
+    if header is None:
+        raise Unauthorized("an API token is required: send Authorization: Bearer <token>")
+    token = access.bearer_token(header)
+    if not token:
+        raise Unauthorized("the Authorization header must be: Bearer <token>")
+    return await run_in_threadpool(
+        access.authenticate_token, ctx.engine, token, _client_ip(request)
+    )
+
+
+async def _signed(request: Request, ctx: Context, job_id: str) -> Principal:
+    """The principal of a portal-signed download link (?sig=)."""
+    sig = request.query_params.get("sig", "")
+    if len(sig) > MAX_PARAM:
+        raise Unauthorized("this download link is not valid")
+    email = links.verify_download(sig, job_id, ctx.settings)
+
+    def lookup() -> Principal | None:
+        with ctx.engine.connect() as conn:
+            return access.principal_for(conn, email, ctx.settings, _client_ip(request))
+
+    who = await run_in_threadpool(lookup)
+    if who is None:
+        raise Unauthorized("the person this link was signed for no longer has access")
+    return who
+
+
+def _check_query(request: Request, allowed: tuple[str, ...]) -> None:
+    """Refuse unknown, repeated-when-single, or over-long query parameters."""
+    if len(request.url.query) > MAX_QUERY:
+        raise FilterError(f"the query string is longer than {MAX_QUERY} characters")
+    for name, value in request.query_params.multi_items():
+        if name not in allowed:
+            expected = ", ".join(allowed) if allowed else "none"
+            raise FilterError(
+                f"unknown query parameter {name[:40]!r}; expected: {expected}", name[:40]
+            )
+        if len(value) > MAX_PARAM:
+            raise FilterError(f"{name} is longer than {MAX_PARAM} characters", name)
+    for name in ("format", "from", "to", "sig"):
+        if len(request.query_params.getlist(name)) > 1:
+            raise FilterError(f"{name} may be given only once", name)
+
+
+def _job_id(request: Request) -> str:
+    job_id = str(request.path_params["job_id"])
+    if not jobs.JOB_ID_RE.match(job_id) or len(job_id) > 40:
+        raise ApiError(404, "NotFound", f"no export job {job_id[:60]!r}")
+    return job_id
+
+
+def _limit_key(who: Principal, request: Request) -> str:
+    # One person may hold several tokens; the cap is per token, so key on the token.
+    token = access.bearer_token(request.headers.get("authorization"))
+    return "_".join(token.split("_", 2)[:2]) if token else f"user:{who.email}"
+
+
+async def _guarded(
+    chunks: Iterator[bytes], first: bytes | None, release: Callable[[], None]
+) -> AsyncIterator[bytes]:
+    """Yield a stream's chunks (first already pulled) and release its slot however it ends."""
+    try:
+        if first:
+            yield first
+        async for chunk in iterate_in_threadpool(chunks):
+            yield chunk
+    finally:
+        release()
+
+
+# --------------------------------------------------------------------------- routes
+
+
+async def export_route(request: Request, ctx: Context, limiter: StreamLimiter) -> Response:
+    """GET /audit/export: stream the export, or queue it as a job when over the limit."""
+    who = await _authenticate(request, ctx)
+    _check_query(request, EXPORT_PARAMS)
+    params = request.query_params
+    fmt = parse_format(params.get("format"))
+    flt = AuditFilter.parse(
+        start=params.get("from"),
+        end=params.get("to"),
+        action=params.getlist("action") or None,
+        user=params.getlist("user") or None,
+        namespace=params.getlist("namespace") or None,
+    )
+
+    def make_plan() -> Any:
+        with ctx.engine.connect() as conn:
+            return service.plan_export(conn, who, flt, fmt)
+
+    plan = await run_in_threadpool(make_plan)
+    if not service.is_immediate(plan, ctx.settings):
+        job = await run_in_threadpool(jobs.enqueue, ctx.engine, plan, who, ctx.settings)
+        doc = jobs.document(job)
+        return JSONResponse(
+            doc,
+            202,
+            headers={
+                "Location": f"/api/v1/audit/export/jobs/{job.job_id}",
+                "Retry-After": str(RETRY_NOT_READY),
+            },
+        )
+    key = _limit_key(who, request)
+    limiter.acquire(key, ctx.settings.max_concurrent_streams)
+    try:
+        chunks = service.export_chunks(ctx.engine, who, plan, ctx.settings, channel="api")
+        # Pull the first chunk (which writes the audit record) before any header leaves,
+        # so a failure there is still an honest error status.
+        first = await run_in_threadpool(next, chunks, None)
+    except BaseException:
+        limiter.release(key)
+        raise
+    name = filename(fmt, plan.exported_at)
+    return StreamingResponse(
+        _guarded(chunks, first, lambda: limiter.release(key)),
+        200,
+        media_type=CONTENT_TYPES[fmt],
+        headers={
+            "Content-Disposition": f'attachment; filename="{name}"',
+            "X-Total-Records": str(plan.total),
+        },
+    )
+
+
+async def job_route(request: Request, ctx: Context, limiter: StreamLimiter) -> Response:
+    """GET /audit/export/jobs/{jobId}: the job document, with progress."""
+    who = await _authenticate(request, ctx)
+    _check_query(request, ())
+    job = await _visible_job(ctx, _job_id(request), who)
+    return JSONResponse(jobs.document(job))
+
+
+async def _visible_job(ctx: Context, job_id: str, who: Principal) -> jobs.JobInfo:
+    def get() -> jobs.JobInfo | None:
+        with ctx.engine.connect() as conn:
+            return jobs.get_for(conn, job_id, who)
+
+    job = await run_in_threadpool(get)
+    if job is None:  # unknown and someone else's look the same: no enumeration
+        raise ApiError(404, "NotFound", f"no export job {job_id}")
+    return job
+
+
+async def download_route(request: Request, ctx: Context, limiter: StreamLimiter) -> Response:
+    """GET /audit/export/download/{jobId}: the finished file, or where the job stands."""
+    job_id_raw = str(request.path_params["job_id"])
+    if "sig" in request.query_params and "authorization" not in request.headers:
+        who = await _signed(request, ctx, job_id_raw)
+    else:
+        who = await _authenticate(request, ctx)
+    _check_query(request, ("sig",))
+    job = await _visible_job(ctx, _job_id(request), who)
+    if jobs.is_expired(job):
+        raise ApiError(410, "Gone", f"export job {job.job_id} has expired and its file was removed")
+    if job.state in jobs.ACTIVE:
+        return JSONResponse(jobs.document(job), 202, headers={"Retry-After": str(RETRY_NOT_READY)})
+    if job.state != "completed":
+        why = f": {job.last_error}" if job.state == "failed" and job.last_error else ""
+        raise ApiError(
+            409, "Conflict", f"export job {job.job_id} is {job.state}{why}; no file to download"
+        )
+    key = _limit_key(who, request)
+    limiter.acquire(key, ctx.settings.max_concurrent_streams)
+    try:
+        fh = await run_in_threadpool(_open_and_record, ctx, job, who)
+    except BaseException:
+        limiter.release(key)
+        raise
+
+    def release() -> None:
+        fh.close()
+        limiter.release(key)
+
+    assert job.file_sha256 is not None and job.file_size is not None
+    digest = base64.b64encode(bytes.fromhex(job.file_sha256)).decode()
+    media = "application/gzip" if job.compression == "gzip" else CONTENT_TYPES[job.format]
+    return StreamingResponse(
+        _guarded(_read(fh), None, release),
+        200,
+        media_type=media,
+        headers={
+            "Content-Length": str(job.file_size),
+            "Content-Disposition": f'attachment; filename="{jobs.download_name(job)}"',
+            "ETag": f'"sha256-{job.file_sha256}"',
+            "Repr-Digest": f"sha-256=:{digest}:",
+            "X-Total-Records": str(job.rows_written),
+        },
+    )
+
+
+def _open_and_record(ctx: Context, job: jobs.JobInfo, who: Principal) -> BinaryIO:
+    """Open the job's file (it stays readable if the sweep removes it) and audit the download."""
+    try:
+        fh = open(jobs.file_path(ctx.settings, job), "rb")  # noqa: SIM115 - closed by release
+    except FileNotFoundError:
+        raise ApiError(
+            410, "Gone", f"export job {job.job_id} has expired and its file was removed"
+        ) from None
+    try:
+        with ctx.engine.begin() as conn:
+            store.log_event(
+                conn,
+                action="audit.export.download",
+                user=who.email,
+                role=who.role,
+                resource=f"{job.job_id} ({job.format}, {job.rows_written} rows)",
+                resource_type="ExportJob",
+                namespace=ctx.settings.self_namespace,
+                source_ip=who.source_ip,
+            )
+    except BaseException:
+        fh.close()
+        raise
+    return fh
+
+
+def _read(fh: BinaryIO) -> Iterator[bytes]:
+    while chunk := fh.read(FILE_CHUNK):
+        yield chunk
+
+
+async def openapi_route(request: Request, ctx: Context, limiter: StreamLimiter) -> Response:
+    """GET /openapi.json: the API's OpenAPI 3.1 document (no data, so no token needed)."""
+    _check_query(request, ())
+    return JSONResponse(openapi.document())
+
+
+async def not_found(request: Request, ctx: Context, limiter: StreamLimiter) -> Response:
+    raise ApiError(404, "NotFound", f"no such API path: {request.url.path[:200]}")
+
+
+# --------------------------------------------------------------------------- wiring
+
+
+class IdentityEncoding:
+    """ASGI middleware: answer /api/v1 uncompressed (app.py puts it outside Streamlit's).
+
+    Streamlit gzips responses at level 9 for any client that accepts it: that would cut
+    a streamed export's throughput several times over, and would change the bytes that
+    a download's Content-Length and Repr-Digest describe. So the API ignores the
+    request's Accept-Encoding; callers who want smaller files queue a gzip job.
+    """
+
+    def __init__(self, app: Any, prefix: str = "/api/v1") -> None:
+        self.app = app
+        self.prefix = prefix
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path == self.prefix or path.startswith(self.prefix + "/"):
+            headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"accept-encoding"]
+            scope = {**scope, "headers": headers}
+        await self.app(scope, receive, send)
+
+
+def _endpoint(
+    handler: Handler, limiter: StreamLimiter, *, needs_context: bool = True
+) -> Callable[..., Any]:
+    """Wrap a handler: GET only, JSON Status errors, no-store headers, no traceback leaks."""
+
+    async def run(request: Request) -> Response:
+        response: Response
+        try:
+            if request.method != "GET":
+                raise ApiError(
+                    405,
+                    "MethodNotAllowed",
+                    f"{request.method[:20]} is not allowed here; this API only answers GET",
+                    {"Allow": "GET"},
+                )
+            ctx = await run_in_threadpool(_context) if needs_context else None
+            response = await handler(request, ctx, limiter)  # type: ignore[arg-type]
+        except ApiError as e:
+            response = error_response(e.code, e.reason, e.message, e.headers)
+        except Unauthorized as e:
+            presented = "authorization" in request.headers or "sig" in request.query_params
+            challenge = f'{REALM}, error="invalid_token"' if presented else REALM
+            response = error_response(401, "Unauthorized", str(e), {"WWW-Authenticate": challenge})
+        except AccessDenied as e:
+            response = error_response(403, "Forbidden", str(e))
+        except FilterError as e:
+            response = error_response(400, "BadRequest", str(e))
+        except jobs.TooManyJobs as e:
+            response = error_response(
+                429, "TooManyRequests", str(e), {"Retry-After": str(RETRY_BUSY * 6)}
+            )
+        except jobs.JobError as e:
+            response = error_response(409, "Conflict", str(e))
+        except Exception:  # noqa: BLE001 - the last line: log it, never leak it
+            ref = uuid.uuid4().hex[:12]
+            log.exception("API error %s on %s %s", ref, request.method, request.url.path)
+            response = error_response(
+                500,
+                "InternalError",
+                f"the server could not answer this request; the server log has the "
+                f"details under reference {ref}",
+            )
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    run.__name__ = handler.__name__
+    run.__doc__ = handler.__doc__
+    return run
+
+
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
 
 def routes() -> list[BaseRoute]:
-    return [Route("/{path:path}", not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH"])]
+    """The API's routes, to mount at /api/v1 (a JSON 404 catches every other path)."""
+    limiter = StreamLimiter()  # one per mounted API: streams in flight in this process
+
+    def route(path: str, handler: Handler, needs_context: bool = True) -> Route:
+        endpoint = _endpoint(handler, limiter, needs_context=needs_context)
+        return Route(path, endpoint, methods=ALL_METHODS)
+
+    return [
+        route("/audit/export", export_route),
+        route("/audit/export/jobs/{job_id}", job_route),
+        route("/audit/export/download/{job_id}", download_route),
+        route("/openapi.json", openapi_route, needs_context=False),
+        route("/{path:path}", not_found, needs_context=False),
+    ]

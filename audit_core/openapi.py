@@ -1,0 +1,364 @@
+"""The OpenAPI 3.1 document of the HTTP API, served at /api/v1/openapi.json.
+
+Written by hand next to `api.py` and checked against the live routes by schemathesis
+(bench/schemathesis_run.py and tests/test_api_server.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .filters import MAX_PARAM
+from .record import FIELDS
+
+JOB_ID_PATTERN = r"^export-\d{8}-\d{3,}$"
+INSTANT_EXAMPLE = "2026-03-01T00:00:00Z"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _error(description: str, *headers: str) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": _ref("Status")}},
+    }
+    if headers:
+        out["headers"] = {h: {"$ref": f"#/components/headers/{h}"} for h in headers}
+    return out
+
+
+def _text_param(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string", "maxLength": MAX_PARAM},
+    }
+
+
+def _job_id_param() -> dict[str, Any]:
+    return {
+        "name": "jobId",
+        "in": "path",
+        "required": True,
+        "description": "The job's id, as in `metadata.jobId` (export-YYYYMMDD-NNN).",
+        "schema": {"type": "string", "maxLength": 40, "example": "export-20260319-001"},
+    }
+
+
+_COMMON_ERRORS = {
+    "401": _error("Missing, malformed, unknown, expired or revoked token.", "WWW-Authenticate"),
+    "405": _error("Only GET is served.", "Allow"),
+    "500": _error("The server failed; the message gives a reference, never a traceback."),
+}
+
+
+def _record_schema() -> dict[str, Any]:
+    props = {f: {"type": "string"} for f in FIELDS}
+    props["timestamp"] = {"type": "string", "format": "date-time"}
+    props["checksum"] = {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"}
+    return {"type": "object", "required": list(FIELDS), "properties": props}
+
+
+def document() -> dict[str, Any]:
+    """Return the OpenAPI 3.1 document (a fresh dict each call)."""
+    export_params = [
+        {
+            "name": "format",
+            "in": "query",
+            "required": False,
+            "description": "Export format: csv (default), json (the AuditExport envelope) "
+            "or jsonl (JSON Lines, one record per line).",
+            "schema": {"type": "string", "enum": ["csv", "json", "jsonl"], "default": "csv"},
+        },
+        {
+            "name": "from",
+            "in": "query",
+            "required": False,
+            "description": "Start instant, ISO 8601, inclusive (a date alone means 00:00:00Z). "
+            "Default: the earliest record.",
+            "schema": {"type": "string", "format": "date-time", "example": INSTANT_EXAMPLE},
+        },
+        {
+            "name": "to",
+            "in": "query",
+            "required": False,
+            "description": "End instant, ISO 8601, exclusive; must be later than from. "
+            "Default: now.",
+            "schema": {"type": "string", "format": "date-time", "example": INSTANT_EXAMPLE},
+        },
+        _text_param(
+            "action",
+            "Filter by action type: exact, comma list, or a family wildcard such as runbook.*",
+        ),
+        _text_param("user", "Filter by user: exact, case-insensitive; comma list."),
+        _text_param(
+            "namespace",
+            "Filter by namespace: exact; comma list; must lie within the token's grants.",
+        ),
+    ]
+    file_content = {
+        "text/csv; charset=utf-8": {"schema": {"type": "string"}},
+        "application/json": {"schema": _ref("AuditExport")},
+        "application/x-ndjson": {"schema": {"type": "string"}},
+    }
+    job_content = {"application/json": {"schema": _ref("AuditExportJob")}}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Audit Export Portal API",
+            "version": "v1",
+            "description": "Exports the audit log in CSV, JSON or JSON Lines for compliance "
+            "and external analysis. Exports over the synchronous limit (10,000 records by "
+            "default) become background jobs: 202 Accepted with a download link.",
+        },
+        "servers": [{"url": "/api/v1"}],
+        "security": [{"bearerAuth": []}],
+        "tags": [{"name": "Audit", "description": "Export Audit"}],
+        "paths": {
+            "/audit/export": {
+                "get": {
+                    "operationId": "exportAuditLog",
+                    "summary": "Export Audit Log",
+                    "description": "Exports the audit log in CSV or JSON format for "
+                    "compliance and external analysis. Every export is itself audited.",
+                    "tags": ["Audit"],
+                    "parameters": export_params,
+                    "responses": {
+                        "200": {
+                            "description": "The export, streamed.",
+                            "headers": {
+                                "Content-Disposition": {
+                                    "$ref": "#/components/headers/Content-Disposition"
+                                },
+                                "X-Total-Records": {"$ref": "#/components/headers/X-Total-Records"},
+                            },
+                            "content": file_content,
+                        },
+                        "202": {
+                            "description": "Over the synchronous limit: queued as a job.",
+                            "headers": {
+                                "Location": {
+                                    "description": "The job's status URL.",
+                                    "schema": {"type": "string"},
+                                },
+                                "Retry-After": {"$ref": "#/components/headers/Retry-After"},
+                            },
+                            "content": job_content,
+                        },
+                        "400": _error("A parameter is not valid; the message says which."),
+                        "403": _error("The token's role or namespace grants forbid this."),
+                        "429": _error(
+                            "Too many streams or queued jobs for this token.", "Retry-After"
+                        ),
+                        **_COMMON_ERRORS,
+                    },
+                }
+            },
+            "/audit/export/jobs/{jobId}": {
+                "get": {
+                    "operationId": "getExportJob",
+                    "summary": "Export job status",
+                    "tags": ["Audit"],
+                    "parameters": [_job_id_param()],
+                    "responses": {
+                        "200": {"description": "The job and its progress.", "content": job_content},
+                        "400": _error("An unexpected query parameter."),
+                        "404": _error("No such job, or not one this token may see."),
+                        **_COMMON_ERRORS,
+                    },
+                }
+            },
+            "/audit/export/download/{jobId}": {
+                "get": {
+                    "operationId": "downloadExport",
+                    "summary": "Download an export job's file",
+                    "description": "Streams the finished file. While the job is not finished "
+                    "the answer is 202 with the job document and Retry-After, so a script may "
+                    "poll this URL. Portal links carry a short-lived signature in `sig` "
+                    "instead of a bearer token. Every download is audited.",
+                    "tags": ["Audit"],
+                    "parameters": [
+                        _job_id_param(),
+                        {
+                            "name": "sig",
+                            "in": "query",
+                            "required": False,
+                            "description": "A portal-signed download link's signature.",
+                            "schema": {"type": "string", "maxLength": MAX_PARAM},
+                        },
+                    ],
+                    "security": [{"bearerAuth": []}, {"signedLink": []}],
+                    "responses": {
+                        "200": {
+                            "description": "The file.",
+                            "headers": {
+                                "Content-Length": {
+                                    "description": "The file's size in bytes.",
+                                    "schema": {"type": "integer"},
+                                },
+                                "Content-Disposition": {
+                                    "$ref": "#/components/headers/Content-Disposition"
+                                },
+                                "ETag": {
+                                    "description": 'The file\'s SHA-256: "sha256-<hex>".',
+                                    "schema": {"type": "string"},
+                                },
+                                "Repr-Digest": {
+                                    "description": "RFC 9530: sha-256=:<base64>:",
+                                    "schema": {"type": "string"},
+                                },
+                            },
+                            "content": {
+                                **file_content,
+                                "application/gzip": {
+                                    "schema": {"type": "string", "format": "binary"}
+                                },
+                            },
+                        },
+                        "202": {
+                            "description": "Not ready yet: the job document.",
+                            "headers": {
+                                "Retry-After": {"$ref": "#/components/headers/Retry-After"}
+                            },
+                            "content": job_content,
+                        },
+                        "400": _error("An unexpected query parameter."),
+                        "404": _error("No such job, or not one this caller may see."),
+                        "409": _error("The job failed or was cancelled: there is no file."),
+                        "410": _error("The job's file has expired and was removed."),
+                        "429": _error("Too many streams for this token.", "Retry-After"),
+                        **_COMMON_ERRORS,
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "getOpenApi",
+                    "summary": "This document",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "The OpenAPI 3.1 document.",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        "400": _error("An unexpected query parameter."),
+                        "405": _COMMON_ERRORS["405"],
+                    },
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "Bearer token issued by the operator. "
+                    "Format: Authorization: Bearer <token>.",
+                },
+                "signedLink": {"type": "apiKey", "in": "query", "name": "sig"},
+            },
+            "headers": {
+                "WWW-Authenticate": {
+                    "description": "The Bearer challenge (RFC 6750).",
+                    "schema": {"type": "string"},
+                },
+                "Allow": {"description": "Allowed methods.", "schema": {"type": "string"}},
+                "Retry-After": {
+                    "description": "Seconds to wait before asking again.",
+                    "schema": {"type": "integer"},
+                },
+                "Content-Disposition": {
+                    "description": 'attachment; filename="audit-export-YYYYMMDD.<ext>"',
+                    "schema": {"type": "string"},
+                },
+                "X-Total-Records": {
+                    "description": "How many records the file holds.",
+                    "schema": {"type": "integer"},
+                },
+            },
+            "schemas": {
+                "Status": {
+                    "type": "object",
+                    "required": ["apiVersion", "kind", "status", "code", "reason", "message"],
+                    "properties": {
+                        "apiVersion": {"const": "v1"},
+                        "kind": {"const": "Status"},
+                        "status": {"const": "Failure"},
+                        "code": {"type": "integer"},
+                        "reason": {"type": "string"},
+                        "message": {"type": "string"},
+                    },
+                },
+                "AuditRecord": _record_schema(),
+                "AuditExport": {
+                    "type": "object",
+                    "required": ["apiVersion", "kind", "metadata", "records"],
+                    "properties": {
+                        "apiVersion": {"const": "v1"},
+                        "kind": {"const": "AuditExport"},
+                        "metadata": {
+                            "type": "object",
+                            "required": ["exportedAt", "from", "to", "totalRecords", "format"],
+                            "properties": {
+                                "exportedAt": {"type": "string", "format": "date-time"},
+                                "from": {
+                                    "type": ["string", "null"],
+                                    "description": "null when no record matched and no "
+                                    "from was given",
+                                },
+                                "to": {"type": "string", "format": "date-time"},
+                                "totalRecords": {"type": "integer", "minimum": 0},
+                                "format": {"const": "json"},
+                                "filter": {"type": "string"},
+                            },
+                        },
+                        "records": {"type": "array", "items": _ref("AuditRecord")},
+                    },
+                },
+                "AuditExportJob": {
+                    "type": "object",
+                    "required": ["apiVersion", "kind", "metadata", "status"],
+                    "properties": {
+                        "apiVersion": {"const": "v1"},
+                        "kind": {"const": "AuditExportJob"},
+                        "metadata": {
+                            "type": "object",
+                            "required": ["jobId"],
+                            "properties": {"jobId": {"type": "string", "pattern": JOB_ID_PATTERN}},
+                        },
+                        "status": {
+                            "type": "object",
+                            "required": ["state", "estimatedRecords", "downloadUrl", "expiresAt"],
+                            "properties": {
+                                "state": {
+                                    "enum": [
+                                        "queued",
+                                        "processing",
+                                        "completed",
+                                        "failed",
+                                        "cancelled",
+                                        "expired",
+                                    ]
+                                },
+                                "estimatedRecords": {"type": "integer", "minimum": 0},
+                                "downloadUrl": {"type": "string"},
+                                "expiresAt": {
+                                    "type": ["string", "null"],
+                                    "format": "date-time",
+                                    "description": "null for a failed or cancelled job",
+                                },
+                                "rowsWritten": {"type": "integer", "minimum": 0},
+                                "fileSize": {"type": ["integer", "null"]},
+                                "sha256": {"type": ["string", "null"]},
+                                "error": {"type": "string"},
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    }

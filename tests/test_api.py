@@ -1,0 +1,406 @@
+"""The HTTP API in-process: the real st.App (lifespan and routes) through TestClient.
+
+Streamlit's runtime starts once per process, so one TestClient(app) serves the whole
+test session; each test points the routes at its own database by resetting the portal
+context, and runs the real export worker on it when a job has to finish.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select, update
+
+from audit_core import access, export, links, portal, store, worker
+from audit_core.access import LOCAL_ADMIN
+from audit_core.demo import generate
+from audit_core.filters import AuditFilter
+from audit_core.models import AuditRecord, ExportJob
+from audit_core.portal import Context
+
+with warnings.catch_warnings():  # starlette warns that httpx is deprecated for TestClient
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+DATA_END = datetime(2026, 3, 20, tzinfo=UTC)
+TO = "2026-03-21T00:00:00Z"  # after every demo record, before any record the API writes
+LIMIT = 50
+ENV_KEYS = (
+    "AUDIT_DATABASE_URL",
+    "AUDIT_EXPORT_DIR",
+    "AUDIT_SECRET_KEY",
+    "AUDIT_SYNC_EXPORT_LIMIT",
+    "AUDIT_MAX_QUEUED_JOBS",
+    "AUDIT_WORKER_POLL_SECONDS",
+)
+
+
+@pytest.fixture(scope="session")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The real app, lifespan run once for the session (on a throwaway SQLite database)."""
+    base = tmp_path_factory.mktemp("api-session")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AUDIT_DATABASE_URL", f"sqlite:///{base}/session.db")
+    mp.setenv("AUDIT_EXPORT_DIR", str(base / "exports"))
+    mp.setenv("AUDIT_SECRET_KEY", "session-secret-0123456789abcdef0123456789")
+    portal.reset()
+    from app import app
+
+    try:
+        with TestClient(app, raise_server_exceptions=False) as c:
+            yield c
+    finally:
+        portal.reset()
+        mp.undo()
+
+
+@dataclass
+class Api:
+    client: TestClient
+    ctx: Context
+    admin: str
+    auditor: str  # production only
+    viewer: str
+
+    @property
+    def engine(self) -> Engine:
+        return self.ctx.engine
+
+    def get(self, path: str, token: str | None = None, **params: Any) -> Any:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return self.client.get("/api/v1" + path, params=params, headers=headers)
+
+
+@pytest.fixture
+def api(client: TestClient, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Api:
+    """The API on this test's fresh database (limit 50 rows), with three users' tokens."""
+    monkeypatch.setenv("AUDIT_DATABASE_URL", db_url)
+    monkeypatch.setenv("AUDIT_EXPORT_DIR", str(tmp_path / "exports"))
+    monkeypatch.setenv("AUDIT_SECRET_KEY", "test-secret-key-0123456789abcdef0123456789")
+    monkeypatch.setenv("AUDIT_SYNC_EXPORT_LIMIT", str(LIMIT))
+    monkeypatch.setenv("AUDIT_WORKER_POLL_SECONDS", "0.1")
+    portal.reset()
+    ctx = portal.context()
+    tokens = {}
+    for email, role, ns in (
+        ("boss@empresa.com", "admin", "*"),
+        ("ana@empresa.com", "auditor", "production"),
+        ("vera@empresa.com", "viewer", "*"),
+    ):
+        access.upsert_user(ctx.engine, email, role, ns, LOCAL_ADMIN, settings=ctx.settings)
+        tokens[role], _ = access.create_token(ctx.engine, email, LOCAL_ADMIN, settings=ctx.settings)
+    yield Api(client, ctx, tokens["admin"], tokens["auditor"], tokens["viewer"])  # type: ignore[misc]
+    portal.reset()
+
+
+def add(engine: Engine, n: int) -> None:
+    with engine.begin() as conn:
+        store.append(conn, generate(n, seed=7, end=DATA_END))
+
+
+def library_bytes(engine: Engine, fmt: str, **params: str) -> bytes:
+    """What the library itself exports for the same filter."""
+    with engine.connect() as conn:
+        plan = export.plan(conn, AuditFilter.from_params(params), fmt)
+        return b"".join(export.chunks(conn, plan))
+
+
+def without_exported_at(body: bytes) -> bytes:
+    doc = json.loads(body)
+    doc["metadata"]["exportedAt"] = "-"
+    return json.dumps(doc).encode()
+
+
+def status(resp: Any, code: int, reason: str) -> dict[str, Any]:
+    assert resp.status_code == code, resp.text
+    assert resp.headers["content-type"] == "application/json"
+    body = resp.json()
+    assert body == {
+        "apiVersion": "v1",
+        "kind": "Status",
+        "status": "Failure",
+        "code": code,
+        "reason": reason,
+        "message": body["message"],
+    }
+    assert "Traceback" not in body["message"]
+    return body
+
+
+def audit_rows(engine: Engine, action: str) -> list[Any]:
+    t = AuditRecord.__table__
+    with engine.connect() as conn:
+        return list(conn.execute(select(t).where(t.c.action == action).order_by(t.c.seq)))
+
+
+# --------------------------------------------------------------------------- 200
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "jsonl"])
+def test_export_body_equals_the_library_export(api: Api, fmt: str) -> None:
+    add(api.engine, 40)
+    resp = api.get("/audit/export", api.admin, format=fmt, to=TO)
+    assert resp.status_code == 200, resp.text
+    expected = library_bytes(api.engine, fmt, to=TO)
+    if fmt == "json":
+        assert without_exported_at(resp.content) == without_exported_at(expected)
+        assert resp.json()["metadata"]["totalRecords"] == 40
+    else:
+        assert resp.content == expected
+    assert resp.headers["x-total-records"] == "40"
+
+
+def test_csv_export_has_the_seed_headers(api: Api) -> None:
+    add(api.engine, 10)
+    resp = api.get("/audit/export", api.admin, to=TO)  # csv is the default
+    today = datetime.now(UTC).strftime("%Y%m%d")
+    assert resp.headers["content-type"] == "text/csv; charset=utf-8"
+    assert resp.headers["content-disposition"] == f'attachment; filename="audit-export-{today}.csv"'
+    assert resp.headers["cache-control"] == "no-store"
+    assert resp.headers["referrer-policy"] == "no-referrer"
+    assert resp.text.splitlines()[0] == (
+        "id,timestamp,action,user,role,resource,resourceType,namespace,sourceIP,checksum"
+    )
+
+
+@pytest.mark.parametrize(
+    ("fmt", "content_type"),
+    [("json", "application/json"), ("jsonl", "application/x-ndjson")],
+)
+def test_json_formats_have_their_content_types(api: Api, fmt: str, content_type: str) -> None:
+    add(api.engine, 5)
+    resp = api.get("/audit/export", api.admin, format=fmt, to=TO)
+    assert resp.headers["content-type"] == content_type
+
+
+def test_filters_and_namespace_grants_shape_the_export(api: Api) -> None:
+    add(api.engine, 200)
+    params = {"from": "2026-02-01", "to": TO, "action": "runbook.*,user.login"}
+    resp = api.get("/audit/export", api.auditor, format="jsonl", **params)
+    assert resp.status_code in (200, 202), resp.text
+    if resp.status_code == 200:
+        want = library_bytes(api.engine, "jsonl", namespace="production", **params)
+        assert resp.content == want
+        for line in resp.content.splitlines():
+            assert json.loads(line)["namespace"] == "production"
+
+
+def test_each_export_is_audited_with_who_what_and_where(api: Api) -> None:
+    add(api.engine, 30)
+    api.get("/audit/export", api.auditor, format="csv", to=TO, action="runbook.*")
+    [row] = audit_rows(api.engine, "audit.export")
+    assert row.user == "ana@empresa.com"
+    assert row.role == "auditor"
+    assert row.namespace == "audit-portal"
+    assert row.sourceIP == "testclient"
+    assert "api csv" in row.resource and "runbook.*" in row.resource
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def run_worker_until(api: Api, job_id: str, states: tuple[str, ...]) -> dict[str, Any]:
+    threads = worker.start_in_process(api.ctx)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            doc = api.get(f"/audit/export/jobs/{job_id}", api.admin).json()
+            if doc["status"]["state"] in states or time.monotonic() > deadline:
+                return doc
+            time.sleep(0.1)
+    finally:
+        threads.stop()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_over_the_limit_queues_a_job_whose_download_equals_a_direct_export(
+    api: Api, fmt: str
+) -> None:
+    add(api.engine, LIMIT + 25)
+    resp = api.get("/audit/export", api.admin, format=fmt, to=TO)
+    assert resp.status_code == 202, resp.text
+    doc = resp.json()
+    job_id = doc["metadata"]["jobId"]
+    assert job_id == f"export-{datetime.now(UTC):%Y%m%d}-001"
+    assert doc["apiVersion"] == "v1" and doc["kind"] == "AuditExportJob"
+    assert doc["status"]["state"] == "queued"
+    assert doc["status"]["estimatedRecords"] == LIMIT + 25
+    assert doc["status"]["downloadUrl"] == f"/api/v1/audit/export/download/{job_id}"
+    assert doc["status"]["expiresAt"].endswith("Z")
+    assert resp.headers["location"] == f"/api/v1/audit/export/jobs/{job_id}"
+
+    # Not ready yet: the download link answers 202 with the job and Retry-After.
+    early = api.get(f"/audit/export/download/{job_id}", api.admin)
+    assert early.status_code == 202
+    assert early.headers["retry-after"].isdigit()
+    assert early.json()["metadata"]["jobId"] == job_id
+
+    done = run_worker_until(api, job_id, ("completed", "failed"))
+    assert done["status"]["state"] == "completed", done
+
+    got = api.get(f"/audit/export/download/{job_id}", api.admin)
+    assert got.status_code == 200
+    expected = library_bytes(api.engine, fmt, to=TO)
+    if fmt == "json":
+        assert without_exported_at(got.content) == without_exported_at(expected)
+    else:
+        assert got.content == expected
+    sha = hashlib.sha256(got.content).digest()
+    assert got.headers["content-length"] == str(len(got.content))
+    assert got.headers["repr-digest"] == f"sha-256=:{base64.b64encode(sha).decode()}:"
+    assert got.headers["etag"] == f'"sha256-{sha.hex()}"'
+    assert got.headers["content-disposition"].startswith('attachment; filename="audit-export-')
+    [row] = audit_rows(api.engine, "audit.export.download")
+    assert row.user == "boss@empresa.com" and job_id in row.resource
+
+
+def test_a_signed_portal_link_downloads_without_a_token(api: Api) -> None:
+    add(api.engine, LIMIT * 6)  # enough that ana's production share is over the limit
+    queued = api.get("/audit/export", api.auditor, to=TO)
+    assert queued.status_code == 202, queued.text
+    job_id = queued.json()["metadata"]["jobId"]
+    run_worker_until(api, job_id, ("completed", "failed"))
+    url = links.sign_download(job_id, "ana@empresa.com", api.ctx.settings)
+    ok = api.client.get(url)
+    assert ok.status_code == 200
+    assert ok.content == library_bytes(api.engine, "csv", to=TO, namespace="production")
+    other = links.sign_download("export-20260101-001", "ana@empresa.com", api.ctx.settings)
+    forged = url.split("?")[0] + "?" + other.split("?")[1]
+    resp = api.client.get(forged)
+    status(resp, 401, "Unauthorized")
+    assert 'error="invalid_token"' in resp.headers["www-authenticate"]
+
+
+def test_expired_job_download_is_gone(api: Api) -> None:
+    add(api.engine, LIMIT + 1)
+    job_id = api.get("/audit/export", api.admin, to=TO).json()["metadata"]["jobId"]
+    run_worker_until(api, job_id, ("completed", "failed"))
+    t = ExportJob.__table__
+    with api.engine.begin() as conn:
+        conn.execute(
+            update(t)
+            .where(t.c.job_id == job_id)
+            .values(expires_at=datetime.now(UTC) - timedelta(minutes=1))
+        )
+    status(api.get(f"/audit/export/download/{job_id}", api.admin), 410, "Gone")
+
+
+def test_jobs_of_other_people_are_not_found(api: Api) -> None:
+    add(api.engine, LIMIT + 1)
+    job_id = api.get("/audit/export", api.admin, to=TO).json()["metadata"]["jobId"]
+    for path in (f"/audit/export/jobs/{job_id}", f"/audit/export/download/{job_id}"):
+        status(api.get(path, api.auditor), 404, "NotFound")
+        assert api.get(path, api.admin).status_code in (200, 202)
+    status(api.get("/audit/export/jobs/export-20200101-999", api.admin), 404, "NotFound")
+    status(api.get("/audit/export/download/../../etc/passwd", api.admin), 404, "NotFound")
+
+
+def test_queued_jobs_are_capped_per_user(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUDIT_MAX_QUEUED_JOBS", "1")
+    portal.reset()
+    api.ctx = portal.context()
+    add(api.engine, LIMIT + 1)
+    assert api.get("/audit/export", api.admin, to=TO).status_code == 202
+    resp = api.get("/audit/export", api.admin, to=TO)
+    status(resp, 429, "TooManyRequests")
+    assert int(resp.headers["retry-after"]) > 0
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize(
+    "header",
+    [None, "Basic Ym9zczpwdw==", "Bearer", "Bearer not-a-token", "Bearer aep_00000000_" + "x" * 43],
+)
+def test_missing_or_bad_tokens_are_unauthorized(api: Api, header: str | None) -> None:
+    headers = {} if header is None else {"Authorization": header}
+    for path in (
+        "/audit/export",
+        "/audit/export/jobs/export-20260101-001",
+        "/audit/export/download/export-20260101-001",
+    ):
+        resp = api.client.get("/api/v1" + path, headers=headers)
+        status(resp, 401, "Unauthorized")
+        assert resp.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_revoked_and_expired_tokens_are_unauthorized(api: Api) -> None:
+    prefix = "_".join(api.auditor.split("_")[:2])
+    access.revoke_token(api.engine, prefix, LOCAL_ADMIN, settings=api.ctx.settings)
+    resp = api.get("/audit/export", api.auditor)
+    assert "revoked" in status(resp, 401, "Unauthorized")["message"]
+    t = access.TOKENS
+    with api.engine.begin() as conn:
+        conn.execute(update(t).values(expires_at=datetime.now(UTC) - timedelta(days=1)))
+    resp = api.get("/audit/export", api.admin)
+    assert "expired" in status(resp, 401, "Unauthorized")["message"]
+
+
+def test_role_and_namespace_grants_are_forbidden(api: Api) -> None:
+    add(api.engine, 5)
+    status(api.get("/audit/export", api.viewer, to=TO), 403, "Forbidden")
+    resp = api.get("/audit/export", api.auditor, to=TO, namespace="staging")
+    assert "staging" in status(resp, 403, "Forbidden")["message"]
+
+
+@pytest.mark.parametrize(
+    ("params", "word"),
+    [
+        ({"format": "xml"}, "format"),
+        ({"from": "yesterday"}, "from"),
+        ({"from": "2026-03-02", "to": "2026-03-01"}, "earlier"),
+        ({"action": "run*book"}, "action"),
+        ({"user": "x" * 1001}, "longer"),
+        ({"namespace": "a\x01b"}, "control"),
+        ({"namespaces": "production"}, "unknown query parameter"),
+    ],
+)
+def test_bad_parameters_are_bad_requests(api: Api, params: dict[str, str], word: str) -> None:
+    resp = api.get("/audit/export", api.admin, **params)
+    assert word in status(resp, 400, "BadRequest")["message"]
+
+
+def test_unknown_paths_and_methods_answer_json(api: Api) -> None:
+    resp = api.get("/no/such/thing", api.admin)
+    status(resp, 404, "NotFound")
+    assert resp.headers["cache-control"] == "no-store"
+    resp = api.client.post("/api/v1/audit/export", headers={"Authorization": f"Bearer {api.admin}"})
+    status(resp, 405, "MethodNotAllowed")
+    assert resp.headers["allow"] == "GET"
+
+
+def test_a_server_error_is_a_status_body_without_a_traceback(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUDIT_SYNC_EXPORT_LIMIT", "not-a-number")  # context() will fail
+    portal.reset()
+    resp = api.get("/audit/export", api.admin)
+    body = status(resp, 500, "InternalError")
+    assert "reference" in body["message"] and "AUDIT_SYNC" not in body["message"]
+
+
+def test_openapi_document_lists_the_routes_and_seed_parameters(api: Api) -> None:
+    resp = api.client.get("/api/v1/openapi.json")
+    assert resp.status_code == 200
+    doc = resp.json()
+    assert doc["openapi"].startswith("3.1")
+    assert set(doc["paths"]) == {
+        "/audit/export",
+        "/audit/export/jobs/{jobId}",
+        "/audit/export/download/{jobId}",
+        "/openapi.json",
+    }
+    names = [p["name"] for p in doc["paths"]["/audit/export"]["get"]["parameters"]]
+    assert names == ["format", "from", "to", "action", "user", "namespace"]
+    assert doc["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
