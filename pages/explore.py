@@ -163,7 +163,12 @@ def _charts(who: Principal, flt: AuditFilter, data: views.ExploreData) -> None:
             .mark_bar()
             .encode(
                 x=alt.X("records:Q"),
-                y=alt.Y(f"{name}:N", sort="-x", title=None),
+                y=alt.Y(
+                    f"{name}:N",
+                    sort="-x",
+                    title=None,
+                    axis=alt.Axis(labelOverlap=False, labelLimit=220),
+                ),
                 tooltip=[name, "records"],
             )
             .properties(height=260)
