@@ -26,17 +26,25 @@ HALF_OPEN = (
 )
 
 
-def _restore_from_url() -> None:
-    """On a session's first run, fill the filter widgets from the URL's query parameters."""
-    if st.session_state.get("explore_restored"):
+def _restore() -> None:
+    """Fill the filter widgets: from the URL on a session's first visit, else as last left.
+
+    Streamlit forgets a widget's value while its page is not shown, so the filter is
+    also kept under a key of its own and put back on returning from another page.
+    """
+    if KEYS["from"] in st.session_state:
         return
-    typed = views.FilterInput.from_query(st.query_params.to_dict())
+    saved = st.session_state.get("explore_saved")
+    typed = (
+        saved
+        if isinstance(saved, views.FilterInput)
+        else views.FilterInput.from_query(st.query_params.to_dict())
+    )
     st.session_state[KEYS["from"]] = typed.start
     st.session_state[KEYS["to"]] = typed.end
     st.session_state[KEYS["action"]] = list(typed.actions)
     st.session_state[KEYS["user"]] = list(typed.users)
     st.session_state[KEYS["namespace"]] = list(typed.namespaces)
-    st.session_state["explore_restored"] = True
 
 
 def _filter_form(who: Principal) -> tuple[AuditFilter | None, views.FilterInput]:
@@ -96,6 +104,7 @@ def _filter_form(who: Principal) -> tuple[AuditFilter | None, views.FilterInput]
         users=tuple(st.session_state.get(KEYS["user"]) or ()),
         namespaces=tuple(st.session_state.get(KEYS["namespace"]) or ()),
     )
+    st.session_state["explore_saved"] = typed
     flt, errors = typed.parse()
     slots = {
         "from": err_from,
@@ -263,7 +272,7 @@ def _export(who: Principal, flt: AuditFilter, total: int) -> None:
 
 who = common.frame()
 st.title("Explore")
-_restore_from_url()
+_restore()
 flt, typed = _filter_form(who)
 _sync_url(typed)
 if flt is None:

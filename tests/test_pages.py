@@ -483,3 +483,14 @@ def actions(engine: Engine, action: str) -> list[str]:
 def stored(engine: Engine) -> int:
     with engine.connect() as conn:
         return query.count(conn, AuditFilter())
+
+
+def test_filters_survive_a_visit_to_another_page(portal_env: Settings, engine: Engine) -> None:
+    add_demo(engine, 300)
+    at = app(query_params={"action": "user.*"}).run()
+    before = matching(at)
+    at.switch_page("pages/exports.py").run()
+    at.switch_page("pages/explore.py").run()
+    no_exception(at)
+    assert at.multiselect(key="explore_action").value == ["user.*"]
+    assert matching(at) == before == count(engine, LOCAL_ADMIN, action="user.*")
