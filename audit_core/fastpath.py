@@ -165,29 +165,82 @@ def _exact_line(line: bytes) -> bytes:
 
 
 def _pg_csv(conn: Connection, flt: AuditFilter, upto_seq: int | None) -> Iterator[bytes]:
+    """COPY ... TO STDOUT (FORMAT csv), read straight from libpq one row message at a time.
+
+    psycopg's Copy object costs a few microseconds per row in Python generators; reading
+    the rows with PQgetCopyData directly keeps up with psql. Parameters are bound
+    client-side by psycopg (ClientCursor.mogrify, libpq's literal escaping): COPY takes
+    no server-side parameters.
+    """
+    import psycopg
+
     from .formats import CSV_HEADER
 
     sql, params = _compile(conn, _select(PG_COPY_COLUMNS, flt, upto_seq))
     raw = conn.connection.driver_connection
     assert raw is not None
+    copy_sql = psycopg.ClientCursor(raw).mogrify(
+        f"COPY ({sql}) TO STDOUT (FORMAT csv, ENCODING 'UTF8')", params
+    )
+    pgconn = raw.pgconn
     yield CSV_HEADER.encode()
-    with raw.cursor() as cur:
-        # psycopg binds the parameters client-side for COPY (no server-side $n in COPY).
-        copy_sql = f"COPY ({sql}) TO STDOUT (FORMAT csv, ENCODING 'UTF8')"
-        with cur.copy(copy_sql, params) as copy:
+    done = False
+    with raw.lock:
+        pgconn.send_query(copy_sql.encode())
+        while pgconn.flush():
+            pass
+        try:
+            res = pgconn.get_result()
+            if res is None or res.status != psycopg.pq.ExecStatus.COPY_OUT:
+                raise _pg_error(res)
+            get = pgconn.get_copy_data
             rows: list[bytes] = []
             append = rows.append
-            for data in copy:
-                append(bytes(data))
+            while True:
+                nbytes, data = get(0)
+                if nbytes < 0:
+                    break
+                append(data)
                 if len(rows) >= PG_BATCH:
                     yield _crlf(rows)
                     rows = []
                     append = rows.append
             if rows:
                 yield _crlf(rows)
+            res = pgconn.get_result()
+            if res is None or res.status != psycopg.pq.ExecStatus.COMMAND_OK:
+                raise _pg_error(res)
+            done = True
+        finally:
+            if not done:
+                # Stopped early (consumer gone) or failed: cancel and drain the COPY.
+                try:
+                    raw.cancel_safe()
+                except Exception:  # noqa: BLE001 - best effort; draining follows
+                    pass
+                while True:
+                    try:
+                        nbytes, _ = pgconn.get_copy_data(0)
+                    except psycopg.Error:
+                        break
+                    if nbytes < 0:
+                        break
+            while pgconn.get_result() is not None:
+                pass
 
 
-def _crlf(rows: list[bytes]) -> bytes:
+def _pg_error(res: Any) -> Exception:
+    import psycopg
+
+    if res is None:
+        return psycopg.OperationalError("COPY returned no result")
+    message = res.error_message.decode(errors="replace")
+    state = res.error_field(psycopg.pq.DiagnosticField.SQLSTATE)
+    cls = psycopg.errors.lookup(state.decode()) if state else psycopg.DatabaseError
+    return cls(message)
+
+
+def _crlf(rows: list[Any]) -> bytes:
     """Rows as COPY sent them (each ends with LF) -> rows ending with CRLF.
 
     A quoted cell may hold LF itself; only each row's last byte is the row end.
@@ -195,7 +248,7 @@ def _crlf(rows: list[bytes]) -> bytes:
     chunk = b"".join(rows)
     if chunk.count(b"\n") == len(rows):
         return chunk.replace(b"\n", b"\r\n")
-    return b"".join([r[:-1] + b"\r\n" for r in rows])
+    return b"\r\n".join([r[:-1] for r in rows]) + b"\r\n"
 
 
 def csv_chunks(conn: Connection, flt: AuditFilter, upto_seq: int) -> Iterator[bytes] | None:

@@ -53,17 +53,21 @@ def _count_stmt(
 ) -> Select[Any]:
     """COUNT(*) of flt among keys (after_seq, upto_seq].
 
-    The key bounds are written `+seq` so that neither engine picks the primary key over
-    the filter's own index (a bare `seq <= n` makes SQLite scan the whole table).
-    Counting only the keys after a cached point walks the primary key instead.
+    The upper bound is written `+seq` so neither engine prefers the primary key to the
+    filter's own index (a bare `seq <= n` makes SQLite scan the whole table). With
+    after_seq, only the keys after it are read, through the primary key: the filter is
+    applied outside a LIMITed subquery, which SQLite cannot flatten into the filter's index.
     """
-    stmt = select(func.count()).select_from(T)
     if after_seq is not None:
-        stmt = stmt.where(T.c.seq > after_seq, T.c.seq <= (upto_seq or 0))
-        if conn.dialect.name == "sqlite":
-            stmt = stmt.with_hint(T, "NOT INDEXED", "sqlite")
-        return stmt.where(flt.clause(T))
-    stmt = stmt.where(flt.clause(T))
+        assert upto_seq is not None
+        recent = (
+            select(T.c.seq, T.c.ts, T.c.action, T.c.user_lc, T.c.namespace)
+            .where(T.c.seq > after_seq, T.c.seq <= upto_seq)
+            .limit(max(upto_seq - after_seq, 1))
+            .subquery("recent")
+        )
+        return select(func.count()).select_from(recent).where(flt.clause(recent))
+    stmt = select(func.count()).select_from(T).where(flt.clause(T))
     if upto_seq is not None:
         stmt = stmt.where(literal_column("+audit_records.seq") <= bindparam("upto", upto_seq))
     return stmt
@@ -98,16 +102,22 @@ def count(conn: Connection, flt: AuditFilter, upto_seq: int | None = None) -> in
     db = conn.engine.url
     if db.get_backend_name() == "sqlite" and db.database in (None, "", ":memory:"):
         return int(conn.execute(_count_stmt(conn, flt, upto_seq)).scalar() or 0)
-    head = max_seq(conn) if upto_seq is None else upto_seq
-    if head <= 0:
-        return 0
     key = (db.render_as_string(hide_password=True), flt)
     with _count_lock:
         hit = _COUNT_CACHE.get(key)
+    head = max_seq(conn) if upto_seq is None else upto_seq
     if hit is not None and hit.seq <= head and _chain_at(conn, hit.seq) == hit.chain:
         n = hit.n
         if head > hit.seq:
             n += int(conn.execute(_count_stmt(conn, flt, head, hit.seq)).scalar() or 0)
+    elif upto_seq is None:
+        # One statement, one snapshot: the count and the highest key it covers.
+        stmt = select(
+            _count_stmt(conn, flt, None).scalar_subquery(),
+            select(func.max(T.c.seq)).scalar_subquery(),
+        )
+        n_, head_ = conn.execute(stmt).one()
+        n, head = int(n_ or 0), int(head_ or 0)
     else:
         n = int(conn.execute(_count_stmt(conn, flt, head)).scalar() or 0)
     chain = hit.chain if hit is not None and hit.seq == head else _chain_at(conn, head)

@@ -262,3 +262,20 @@ def test_nul_characters_on_sqlite(tmp_path) -> None:
         assert enc is not None
         assert b"".join(formats.jsonl_from_encoded(enc)) == plain_jsonl(conn, AuditFilter(), upto)
     eng.dispose()
+
+
+def test_stopping_early_leaves_the_connection_usable(nasty: Engine) -> None:
+    """A consumer that goes away mid-export (closed download) must not wedge the connection."""
+    add_demo(nasty, 6000, seed=5)
+    with nasty.connect() as conn:
+        upto = query.max_seq(conn)
+        fast = fastpath.csv_chunks(conn, AuditFilter(), upto)
+        assert fast is not None
+        it = iter(fast)
+        next(it)  # header
+        next(it)  # first rows
+        it.close()  # type: ignore[attr-defined]
+        assert query.max_seq(conn) == upto
+        again = fastpath.csv_chunks(conn, AuditFilter(), upto)
+        assert again is not None
+        assert b"".join(again) == plain_csv(conn, AuditFilter(), upto)
