@@ -1,0 +1,162 @@
+"""The HTTP API over real HTTP: `streamlit run app.py` as a subprocess on a free loopback port."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import Engine
+
+from audit_core import access, export, store
+from audit_core.access import LOCAL_ADMIN
+from audit_core.config import Settings
+from audit_core.demo import generate
+from audit_core.filters import AuditFilter
+
+from .e2e.harness import free_port, log_tail, start_streamlit, stop_process
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA_END = datetime(2026, 3, 20, tzinfo=UTC)
+TO = "2026-03-21T00:00:00Z"
+LIMIT = 50
+
+pytestmark = pytest.mark.slow
+
+
+def add(engine: Engine, n: int, seed: int = 3, end: datetime = DATA_END) -> None:
+    with engine.begin() as conn:
+        store.append(conn, generate(n, seed=seed, end=end))
+
+
+def library_bytes(engine: Engine, fmt: str, **params: str) -> bytes:
+    with engine.connect() as conn:
+        plan = export.plan(conn, AuditFilter.from_params(params), fmt)
+        return b"".join(export.chunks(conn, plan))
+
+
+def admin_token(engine: Engine, settings: Settings) -> str:
+    access.upsert_user(engine, "boss@empresa.com", "admin", "*", LOCAL_ADMIN, settings=settings)
+    token, _ = access.create_token(engine, "boss@empresa.com", LOCAL_ADMIN, settings=settings)
+    return token
+
+
+@contextmanager
+def live_server(env: dict[str, str], tmp_path: Path, **extra: str) -> Iterator[str]:
+    """Run the portal with `streamlit run app.py`; yield its base URL; stop it."""
+    port = free_port()
+    child = {k: v for k, v in env.items() if k.startswith("AUDIT_")}
+    child.update(AUDIT_WORKER_POLL_SECONDS="0.2", AUDIT_SYNC_EXPORT_LIMIT=str(LIMIT))
+    child.update(extra)
+    proc = start_streamlit(ROOT, port, env=child, log_path=tmp_path / "streamlit.log")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process(proc)
+
+
+def test_the_live_server_answers_the_seed_api(
+    engine: Engine, settings: Settings, env: dict[str, str], tmp_path: Path
+) -> None:
+    add(engine, 40)
+    token = admin_token(engine, settings)
+    auth = {"Authorization": f"Bearer {token}"}
+    with (
+        live_server(env, tmp_path) as base,
+        httpx.Client(base_url=base, trust_env=False, timeout=30) as http,
+    ):
+        # 200: streamed CSV / JSON Lines equal to the library's own export.
+        resp = http.get("/api/v1/audit/export", params={"to": TO}, headers=auth)
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["content-type"] == "text/csv; charset=utf-8"
+        assert resp.headers["content-disposition"].startswith('attachment; filename="audit-export-')
+        assert resp.content == library_bytes(engine, "csv", to=TO)
+        resp = http.get("/api/v1/audit/export", params={"to": TO, "format": "jsonl"}, headers=auth)
+        assert resp.content == library_bytes(engine, "jsonl", to=TO)
+
+        # Errors are JSON Status bodies, also for unknown API paths (not the UI page).
+        resp = http.get("/api/v1/audit/export")
+        assert resp.status_code == 401 and resp.headers["www-authenticate"].startswith("Bearer")
+        assert resp.json()["kind"] == "Status"
+        resp = http.get("/api/v1/nothing/here", headers=auth)
+        assert resp.status_code == 404 and resp.json()["reason"] == "NotFound"
+        assert http.get("/").headers["content-type"].startswith("text/html")  # the portal
+
+        # 202 over the limit; the in-process worker finishes it; the download is the export.
+        add(engine, 30, seed=4, end=DATA_END - timedelta(days=100))  # other days, other ids
+        resp = http.get("/api/v1/audit/export", params={"to": TO}, headers=auth)
+        assert resp.status_code == 202, resp.text
+        url = resp.json()["status"]["downloadUrl"]
+        deadline = time.monotonic() + 120
+        while (got := http.get(url, headers=auth)).status_code == 202:
+            assert time.monotonic() < deadline, log_tail(tmp_path / "streamlit.log")
+            time.sleep(0.2)
+        assert got.status_code == 200, got.text
+        assert got.content == library_bytes(engine, "csv", to=TO)
+        assert int(got.headers["content-length"]) == len(got.content)
+
+
+def test_concurrent_streams_are_capped_per_token(
+    engine: Engine, settings: Settings, env: dict[str, str], tmp_path: Path
+) -> None:
+    add(engine, 60_000)  # ~12 MB of CSV
+    token = admin_token(engine, settings)
+    auth = {"Authorization": f"Bearer {token}"}
+    extra = {"AUDIT_SYNC_EXPORT_LIMIT": "1000000", "AUDIT_MAX_CONCURRENT_STREAMS": "1"}
+    with (
+        live_server(env, tmp_path, **extra) as base,
+        httpx.Client(base_url=base, trust_env=False, timeout=60) as http,
+    ):
+        # A reader with a small receive window that stops reading: the server stalls
+        # mid-stream (the file is far bigger than the socket buffers) and holds its slot.
+        host, port = base.removeprefix("http://").split(":")
+        with socket.socket() as slow:
+            slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+            slow.connect((host, int(port)))
+            slow.sendall(
+                f"GET /api/v1/audit/export?to={TO} HTTP/1.1\r\nHost: {host}\r\n"
+                f"Authorization: Bearer {token}\r\n\r\n".encode()
+            )
+            assert slow.recv(1024).startswith(b"HTTP/1.1 200 ")
+            busy = http.get("/api/v1/audit/export", params={"to": TO}, headers=auth)
+            assert busy.status_code == 429, busy.text[:500]
+            assert int(busy.headers["retry-after"]) > 0
+            assert busy.json()["reason"] == "TooManyRequests"
+        # Hanging up frees the slot.
+        deadline = time.monotonic() + 30
+        while True:
+            resp = http.get(
+                "/api/v1/audit/export", params={"to": "2026-01-01T00:00:00Z"}, headers=auth
+            )
+            if resp.status_code != 429 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert resp.status_code == 200, resp.text
+
+
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(
+    engine: Engine, settings: Settings, env: dict[str, str], tmp_path: Path
+) -> None:
+    add(engine, 120)
+    token = admin_token(engine, settings)
+    with live_server(env, tmp_path, AUDIT_MAX_QUEUED_JOBS="1000") as base:
+        cmd = [
+            sys.executable, "-m", "schemathesis.cli", "run", f"{base}/api/v1/openapi.json",
+            "--header", f"Authorization: Bearer {token}",
+            "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
+            "response_headers_conformance,response_schema_conformance,ignored_auth",
+            "--max-examples", "25", "--seed", "1", "--workers", "1",
+            "--report", "json", "--report-json-path", str(tmp_path / "st.json"),
+        ]  # fmt: skip
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+        report = json.loads((tmp_path / "st.json").read_text())
+        assert report
