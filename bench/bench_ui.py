@@ -56,13 +56,14 @@ def point_at(url: str, export_dir: str) -> None:
     st.cache_data.clear()
 
 
-def timed(fn) -> float:  # noqa: ANN001
-    start = time.perf_counter()
+def timed(fn) -> tuple[float, float]:  # noqa: ANN001
+    """(wall seconds, CPU seconds of this process across its threads)."""
+    start, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
-def one_round(url: str, export_dir: str) -> dict[str, float]:
+def one_round(url: str, export_dir: str) -> dict[str, tuple[float, float]]:
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
@@ -122,13 +123,16 @@ def main() -> int:
         rounds = [one_round(url, tmp) for _ in range(args.repeat)]
     print(
         f"Explore page server time, SQLite, {args.records:,} records "
-        f"(median of {args.repeat}, cold caches each round)"
+        f"(median of {args.repeat}, cold caches each round; load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
     )
+    print(f"  {'':42s} {'wall':>7s} {'cpu':>7s}   wall min-max")
     for name in rounds[0]:
-        values = [r[name] for r in rounds]
+        wall = [r[name][0] for r in rounds]
+        cpu = [r[name][1] for r in rounds]
         print(
-            f"  {name:40s} {statistics.median(values):6.3f} s   "
-            f"(min {min(values):.3f}, max {max(values):.3f})"
+            f"  {name:42s} {statistics.median(wall):6.3f}s {statistics.median(cpu):6.3f}s"
+            f"   {min(wall):.3f}-{max(wall):.3f}"
         )
     return 0
 
