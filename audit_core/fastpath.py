@@ -38,8 +38,9 @@ BATCH = 5_000
 PG_BATCH = 2_000  # COPY rows per yielded chunk
 # Columns whose values are free text (neutralised in CSV); matches formats._FREE_TEXT.
 _FREE_TEXT = tuple(f for f in FIELDS if f not in ("id", "timestamp", "checksum"))
-_LEAD_SQLITE = "('=','+','-','@',char(9),char(13),char(10),'''')"
-_LEAD_PG = "('=','+','-','@',chr(9),chr(13),chr(10),'''')"
+# ascii(): the code point of the first character (0 for ''); formula leads are all ASCII:
+# = + - @ TAB CR LF '
+_LEAD_PG = "(61,43,45,64,9,13,10,39)"
 
 
 def _q(name: str) -> str:
@@ -74,7 +75,7 @@ def _pg_copy_columns() -> str:
     for f in FIELDS:
         v = _q(f)
         if f in _FREE_TEXT:
-            v = f"(CASE WHEN substr({v},1,1) IN {_LEAD_PG} THEN '''' || {v} ELSE {v} END)"
+            v = f"(CASE WHEN ascii({v}) IN {_LEAD_PG} THEN '''' || {v} ELSE {v} END)"
         # NULL prints as an unquoted empty cell, as Python's csv writes ''.
         cols.append(f"NULLIF({v}, '')")
     return ", ".join(cols)
@@ -243,10 +244,11 @@ def _pg_error(res: Any) -> Exception:
 def _crlf(rows: list[Any]) -> bytes:
     """Rows as COPY sent them (each ends with LF) -> rows ending with CRLF.
 
-    A quoted cell may hold LF itself; only each row's last byte is the row end.
+    A quoted cell may hold LF itself; only each row's last byte is the row end. Without
+    any '"' in the chunk no cell is quoted, so every LF is a row end.
     """
     chunk = b"".join(rows)
-    if chunk.count(b"\n") == len(rows):
+    if b'"' not in chunk or chunk.count(b"\n") == len(rows):
         return chunk.replace(b"\n", b"\r\n")
     return b"\r\n".join([r[:-1] for r in rows]) + b"\r\n"
 

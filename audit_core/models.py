@@ -65,9 +65,11 @@ class AuditRecord(Base):
 
     __table_args__ = (
         Index("ix_audit_ts", "ts", "seq"),
-        Index("ix_audit_ns_ts", "namespace", "ts", "seq"),
-        Index("ix_audit_action_ts", "action", "ts", "seq"),
-        Index("ix_audit_user_ts", "user_lc", "ts", "seq"),
+        # The filter indexes carry the other filter columns too (migration 0002): counts
+        # under any mix of filters read one index alone.
+        Index("ix_audit_ns_ts", "namespace", "ts", "seq", "action", "user_lc"),
+        Index("ix_audit_action_ts", "action", "ts", "seq", "namespace", "user_lc"),
+        Index("ix_audit_user_ts", "user_lc", "ts", "seq", "namespace", "action"),
     )
 
 

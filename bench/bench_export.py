@@ -60,6 +60,9 @@ def ensure_sqlite(data_dir: Path, n: int, regenerate: bool) -> Path:
     db = sqlite_path(data_dir, n)
     ready = db.with_suffix(".ready")
     if ready.exists() and db.exists() and not regenerate:
+        eng = make_engine(f"sqlite:///{db}")
+        migrate(eng)  # a cached file made before a newer migration catches up here
+        eng.dispose()
         return db
     for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm"), ready):
         p.unlink(missing_ok=True)
@@ -94,6 +97,9 @@ def ensure_pg(db: Path, n: int, regenerate: bool) -> str:
                 with psycopg.connect(pg_url(n)) as c:
                     got = c.execute("SELECT last_seq, last_hash FROM chain_head").fetchone()
                 if got == want:
+                    eng = make_engine(pg_url(n, "postgresql+psycopg"))
+                    migrate(eng)
+                    eng.dispose()
                     return pg_url(n, "postgresql+psycopg")
             except psycopg.Error:
                 pass
