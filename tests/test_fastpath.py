@@ -282,3 +282,22 @@ def test_stopping_early_leaves_the_connection_usable(engine: Engine) -> None:
         again = fastpath.csv_chunks(conn, AuditFilter(), upto)
         assert again is not None
         assert b"".join(again) == plain_csv(conn, AuditFilter(), upto)
+
+
+def test_small_batches(engine: Engine, monkeypatch) -> None:
+    """Many small batches (clean and dirty ones mixed): still the same bytes."""
+    monkeypatch.setattr(fastpath, "BATCH", 37)
+    monkeypatch.setattr(fastpath, "PG_BATCH", 29)
+    with engine.begin() as conn:
+        store.append(conn, nasty_records() + random_records(800, seed=12))
+    add_demo(engine, 500, seed=13)
+    with engine.connect() as conn:
+        upto = query.max_seq(conn)
+        for flt in FILTERS:
+            fast = fastpath.csv_chunks(conn, flt, upto)
+            assert fast is not None
+            assert b"".join(fast) == plain_csv(conn, flt, upto), flt.describe()
+            enc = fastpath.json_records(conn, flt, upto)
+            if enc is not None:
+                got = b"".join(formats.jsonl_from_encoded(enc))
+                assert got == plain_jsonl(conn, flt, upto), flt.describe()
