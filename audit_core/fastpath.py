@@ -81,7 +81,17 @@ def _pg_copy_columns() -> str:
     return ", ".join(cols)
 
 
+def _pg_json_object() -> str:
+    """The record as orjson writes it: to_json() escapes exactly as orjson does."""
+    parts = []
+    for i, f in enumerate(FIELDS):
+        key = ("{" if i == 0 else ",") + f'"{f}":'
+        parts.append(f"'{key}' || to_json({_q(f)}::text)::text")
+    return " || ".join(parts) + " || '}'"
+
+
 SQLITE_CSV_LINE = _sqlite_csv_line()
+PG_JSON_OBJECT = _pg_json_object()
 SQLITE_JSON_OBJECT = _sqlite_json_object()
 PG_COPY_COLUMNS = _pg_copy_columns()
 
@@ -165,26 +175,26 @@ def _exact_line(line: bytes) -> bytes:
     return b",".join(cells) + b"\r\n"
 
 
-def _pg_csv(conn: Connection, flt: AuditFilter, upto_seq: int | None) -> Iterator[bytes]:
-    """COPY ... TO STDOUT (FORMAT csv), read straight from libpq one row message at a time.
+def _pg_copy(
+    conn: Connection, columns_sql: str, options: str, flt: AuditFilter, upto_seq: int | None
+) -> Iterator[list[Any]]:
+    """COPY (SELECT ...) TO STDOUT, read straight from libpq: batches of row messages.
 
     psycopg's Copy object costs a few microseconds per row in Python generators; reading
-    the rows with PQgetCopyData directly keeps up with psql. Parameters are bound
-    client-side by psycopg (ClientCursor.mogrify, libpq's literal escaping): COPY takes
-    no server-side parameters.
+    the rows with PQgetCopyData directly keeps up with psql. Each message is one row
+    ending with LF (libpq hands out whole rows only). Parameters are bound client-side
+    by psycopg (ClientCursor.mogrify, libpq's literal escaping): COPY takes no
+    server-side parameters.
     """
     import psycopg
 
-    from .formats import CSV_HEADER
-
-    sql, params = _compile(conn, _select(PG_COPY_COLUMNS, flt, upto_seq))
+    sql, params = _compile(conn, _select(columns_sql, flt, upto_seq))
     raw = conn.connection.driver_connection
     assert raw is not None
     copy_sql = psycopg.ClientCursor(raw).mogrify(
-        f"COPY ({sql}) TO STDOUT (FORMAT csv, ENCODING 'UTF8')", params
+        f"COPY ({sql}) TO STDOUT ({options}, ENCODING 'UTF8')", params
     )
     pgconn = raw.pgconn
-    yield CSV_HEADER.encode()
     done = False
     with raw.lock:
         pgconn.send_query(copy_sql.encode())
@@ -195,7 +205,7 @@ def _pg_csv(conn: Connection, flt: AuditFilter, upto_seq: int | None) -> Iterato
             if res is None or res.status != psycopg.pq.ExecStatus.COPY_OUT:
                 raise _pg_error(res)
             get = pgconn.get_copy_data
-            rows: list[bytes] = []
+            rows: list[Any] = []
             append = rows.append
             while True:
                 nbytes, data = get(0)
@@ -203,11 +213,11 @@ def _pg_csv(conn: Connection, flt: AuditFilter, upto_seq: int | None) -> Iterato
                     break
                 append(data)
                 if len(rows) >= PG_BATCH:
-                    yield _crlf(rows)
+                    yield rows
                     rows = []
                     append = rows.append
             if rows:
-                yield _crlf(rows)
+                yield rows
             res = pgconn.get_result()
             if res is None or res.status != psycopg.pq.ExecStatus.COMMAND_OK:
                 raise _pg_error(res)
@@ -228,6 +238,22 @@ def _pg_csv(conn: Connection, flt: AuditFilter, upto_seq: int | None) -> Iterato
                         break
             while pgconn.get_result() is not None:
                 pass
+
+
+def _pg_csv(conn: Connection, flt: AuditFilter, upto_seq: int | None) -> Iterator[bytes]:
+    from .formats import CSV_HEADER
+
+    yield CSV_HEADER.encode()
+    for rows in _pg_copy(conn, PG_COPY_COLUMNS, "FORMAT csv", flt, upto_seq):
+        yield _crlf(rows)
+
+
+def _pg_json(conn: Connection, flt: AuditFilter, upto_seq: int | None) -> Iterator[list[bytes]]:
+    # JSON text never holds a raw control character, so with \x01 / \x02 as delimiter and
+    # quote COPY's CSV writer passes each object through untouched, plus LF.
+    options = "FORMAT csv, DELIMITER E'\\x01', QUOTE E'\\x02'"
+    for rows in _pg_copy(conn, PG_JSON_OBJECT, options, flt, upto_seq):
+        yield [bytes(r[:-1]) for r in rows]
 
 
 def _pg_error(res: Any) -> Exception:
@@ -267,6 +293,8 @@ def json_records(
     conn: Connection, flt: AuditFilter, upto_seq: int
 ) -> Iterator[list[bytes]] | None:
     """Batches of records already encoded as compact JSON objects (orjson's bytes), or None."""
+    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
+        return _pg_json(conn, flt, upto_seq)
     if conn.dialect.name != "sqlite":
         return None
     chain = itertools.chain.from_iterable
