@@ -13,7 +13,9 @@ thin: parse, authenticate, call `service`/`jobs`, shape the response.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
+import re
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -37,6 +39,7 @@ MAX_QUERY = 4096  # characters in a whole query string
 FILE_CHUNK = 1 << 20  # bytes per chunk when serving a job's file
 RETRY_NOT_READY = 5  # seconds a poller should wait for a job
 RETRY_BUSY = 10  # seconds a caller over a limit should wait
+_SAFE_PATH = re.compile(r"[A-Za-z0-9._~/-]*")
 SECURITY_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 REALM = 'Bearer realm="audit-export"'
 
@@ -160,8 +163,11 @@ def _check_query(request: Request, allowed: tuple[str, ...]) -> None:
         if len(value) > MAX_PARAM:
             raise FilterError(f"{name} is longer than {MAX_PARAM} characters", name)
     for name in ("format", "from", "to", "sig"):
-        if len(request.query_params.getlist(name)) > 1:
+        values = request.query_params.getlist(name)
+        if len(values) > 1:
             raise FilterError(f"{name} may be given only once", name)
+        if values and not values[0].strip():
+            raise FilterError(f"{name} is empty: leave it out or give a value", name)
 
 
 def _job_id(request: Request) -> str:
@@ -188,6 +194,11 @@ async def _guarded(
             yield chunk
     finally:
         release()
+        close = getattr(chunks, "close", None)
+        if close is not None:  # a reader who hung up: hand the connection back now
+            # ValueError: still running in a worker thread; it closes when collected.
+            with contextlib.suppress(ValueError):
+                close()
 
 
 # --------------------------------------------------------------------------- routes
@@ -355,13 +366,16 @@ async def not_found(request: Request, ctx: Context, limiter: StreamLimiter) -> R
 # --------------------------------------------------------------------------- wiring
 
 
-class IdentityEncoding:
-    """ASGI middleware: answer /api/v1 uncompressed (app.py puts it outside Streamlit's).
+class ApiMiddleware:
+    """ASGI middleware for /api/v1, placed by app.py outside Streamlit's own middleware.
 
-    Streamlit gzips responses at level 9 for any client that accepts it: that would cut
-    a streamed export's throughput several times over, and would change the bytes that
-    a download's Content-Length and Repr-Digest describe. So the API ignores the
-    request's Accept-Encoding; callers who want smaller files queue a gzip job.
+    - Answers uncompressed: Streamlit gzips at level 9 for any client that accepts it,
+      which would cut a streamed export's throughput several times over and change the
+      bytes a download's Content-Length and Repr-Digest describe. (Smaller files: queue
+      a gzip job.)
+    - Answers a path no API route could match (characters outside [A-Za-z0-9._~/-],
+      `..` or `//`) with the JSON 404 itself; otherwise Streamlit's path-security check
+      would answer a plain-text 400.
     """
 
     def __init__(self, app: Any, prefix: str = "/api/v1") -> None:
@@ -371,6 +385,11 @@ class IdentityEncoding:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
         if path == self.prefix or path.startswith(self.prefix + "/"):
+            if not _SAFE_PATH.fullmatch(path) or ".." in path or "//" in path:
+                response = error_response(404, "NotFound", "no such API path")
+                response.headers.update(SECURITY_HEADERS)
+                await response(scope, receive, send)
+                return
             headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"accept-encoding"]
             scope = {**scope, "headers": headers}
         await self.app(scope, receive, send)

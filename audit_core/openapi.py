@@ -13,6 +13,7 @@ from .record import FIELDS
 
 JOB_ID_PATTERN = r"^export-\d{8}-\d{3,}$"
 INSTANT_EXAMPLE = "2026-03-01T00:00:00Z"
+NO_CONTROL = "^[^\\x00-\\x1f\\x7f]*$"  # the filter refuses control characters
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -35,7 +36,7 @@ def _text_param(name: str, description: str) -> dict[str, Any]:
         "in": "query",
         "required": False,
         "description": description,
-        "schema": {"type": "string", "maxLength": MAX_PARAM},
+        "schema": {"type": "string", "maxLength": MAX_PARAM, "pattern": NO_CONTROL},
     }
 
 
@@ -188,7 +189,7 @@ def document() -> dict[str, Any]:
                             "in": "query",
                             "required": False,
                             "description": "A portal-signed download link's signature.",
-                            "schema": {"type": "string", "maxLength": MAX_PARAM},
+                            "schema": {"type": "string", "minLength": 1, "maxLength": MAX_PARAM},
                         },
                     ],
                     "security": [{"bearerAuth": []}, {"signedLink": []}],

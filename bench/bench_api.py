@@ -71,9 +71,18 @@ def api_run(base: str, token: str, params: dict[str, str], fmt: str) -> tuple[fl
     with tempfile.NamedTemporaryFile("w+") as headers:
         out = subprocess.run(
             [
-                "curl", "-sS", "--noproxy", "*", "-o", "/dev/null", "-D", headers.name,
-                "-w", "%{http_code} %{size_download} %{time_total}",
-                "-H", f"Authorization: Bearer {token}",
+                "curl",
+                "-sS",
+                "--noproxy",
+                "*",
+                "-o",
+                "/dev/null",
+                "-D",
+                headers.name,
+                "-w",
+                "%{http_code} %{size_download} %{time_total}",
+                "-H",
+                f"Authorization: Bearer {token}",
                 f"{base}/api/v1/audit/export?{query}",
             ],  # fmt: skip
             check=True,
@@ -112,8 +121,6 @@ def main() -> int:
     settings = Settings(database_url=url, database_configured=True, export_dir=work / "exports")
     engine = make_engine(url)
     migrate(engine)
-    access.upsert_user(engine, "bench@example.com", "admin", "*", LOCAL_ADMIN, settings=settings)
-    token, _ = access.create_token(engine, "bench@example.com", LOCAL_ADMIN, settings=settings)
     with engine.connect() as conn:
         total = conn.execute(text("SELECT count(*) FROM audit_records")).scalar_one()
         newest = conn.execute(text("SELECT max(ts) FROM audit_records")).scalar_one()
@@ -122,6 +129,9 @@ def main() -> int:
             {"n": a.small - 1},
         ).scalar_one()
     to = format_instant(from_micros(newest + 1_000_000))
+    # After fixing `to`, so the records these write stay outside every export below.
+    access.upsert_user(engine, "bench@example.com", "admin", "*", LOCAL_ADMIN, settings=settings)
+    token, _ = access.create_token(engine, "bench@example.com", LOCAL_ADMIN, settings=settings)
     cases = {
         f"{a.small:,}-row request": {"from": format_instant(from_micros(small_from)), "to": to},
         f"{total:,}-row streamed export": {"to": to},

@@ -364,6 +364,9 @@ def test_role_and_namespace_grants_are_forbidden(api: Api) -> None:
         ({"user": "x" * 1001}, "longer"),
         ({"namespace": "a\x01b"}, "control"),
         ({"namespaces": "production"}, "unknown query parameter"),
+        ({"format": ""}, "empty"),
+        ({"from": " "}, "empty"),
+        ({"to": "0001-01-01T00:00:00+01:00"}, "ISO 8601"),
     ],
 )
 def test_bad_parameters_are_bad_requests(api: Api, params: dict[str, str], word: str) -> None:
@@ -378,6 +381,19 @@ def test_unknown_paths_and_methods_answer_json(api: Api) -> None:
     resp = api.client.post("/api/v1/audit/export", headers={"Authorization": f"Bearer {api.admin}"})
     status(resp, 405, "MethodNotAllowed")
     assert resp.headers["allow"] == "GET"
+
+
+@pytest.mark.parametrize("path", ["/audit/export/jobs/C:x", "/audit/export/jobs/a%00b", "/a\\b"])
+def test_odd_api_paths_are_json_not_found(api: Api, path: str) -> None:
+    resp = api.get(path, api.admin)
+    status(resp, 404, "NotFound")
+    assert resp.headers["cache-control"] == "no-store"
+
+
+def test_years_before_1000_are_written_with_four_digits(api: Api) -> None:
+    resp = api.get("/audit/export", api.admin, format="json", to="0350-07-14T10:43:06Z")
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["metadata"]["to"] == "0350-07-14T10:43:06Z"
 
 
 def test_a_server_error_is_a_status_body_without_a_traceback(

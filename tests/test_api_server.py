@@ -152,7 +152,8 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
             sys.executable, "-m", "schemathesis.cli", "run", f"{base}/api/v1/openapi.json",
             "--header", f"Authorization: Bearer {token}",
             "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
-            "response_headers_conformance,response_schema_conformance,ignored_auth",
+            "response_headers_conformance,response_schema_conformance,ignored_auth,"
+            "negative_data_rejection,unsupported_method",
             "--max-examples", "25", "--seed", "1", "--workers", "1",
             "--report", "json", "--report-json-path", str(tmp_path / "st.json"),
         ]  # fmt: skip
