@@ -23,6 +23,7 @@ clause, compiled for the dialect, with its parameters passed to the driver.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Iterator
 from typing import Any
@@ -30,10 +31,10 @@ from typing import Any
 from sqlalchemy import Connection, and_, literal_column, select
 
 from .filters import AuditFilter
-from .models import AuditRecord
+from .models import AUDIT
 from .record import FIELDS
 
-T = AuditRecord.__table__
+T = AUDIT
 BATCH = 5_000
 PG_BATCH = 2_000  # COPY rows per yielded chunk
 # Columns whose values are free text (neutralised in CSV); matches formats._FREE_TEXT.
@@ -225,10 +226,8 @@ def _pg_copy(
         finally:
             if not done:
                 # Stopped early (consumer gone) or failed: cancel and drain the COPY.
-                try:
+                with contextlib.suppress(Exception):  # best effort; draining follows
                     raw.cancel_safe()
-                except Exception:  # noqa: BLE001 - best effort; draining follows
-                    pass
                 while True:
                     try:
                         nbytes, _ = pgconn.get_copy_data(0)

@@ -7,15 +7,15 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, Select, and_, bindparam, func, literal_column, or_, select
+from sqlalchemy import Connection, Select, Table, and_, bindparam, func, literal_column, or_, select
 
 from .filters import AuditFilter
-from .models import AuditRecord
+from .models import AUDIT
 from .record import FIELDS
 
-T = AuditRecord.__table__
+T = AUDIT
 EXPORT_COLUMNS = (
     T.c.id,
     T.c.timestamp,
@@ -66,7 +66,9 @@ def _count_stmt(
             .limit(max(upto_seq - after_seq, 1))
             .subquery("recent")
         )
-        return select(func.count()).select_from(recent).where(flt.clause(recent))
+        # The subquery has the table's filter columns under the same names.
+        where = flt.clause(cast(Table, recent))
+        return select(func.count()).select_from(recent).where(where)
     stmt = select(func.count()).select_from(T)
     if flt != AuditFilter():
         # No WHERE at all when unfiltered: SQLite then counts a whole index b-tree
@@ -297,13 +299,17 @@ def first_timestamp(conn: Connection, flt: AuditFilter, upto_seq: int | None = N
 def explain(conn: Connection, flt: AuditFilter) -> list[tuple[str, str]]:
     """The engine's plan for the count and newest-500 statements of flt (for bench/)."""
     out = []
-    for op, stmt in (("count", _count_stmt(conn, flt, None)), ("newest 500", _preview_stmt(conn, flt, 500, None))):
+    raw: Any = conn.connection.driver_connection
+    statements = (
+        ("count", _count_stmt(conn, flt, None)),
+        ("newest 500", _preview_stmt(conn, flt, 500, None)),
+    )
+    for op, stmt in statements:
         compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
         sql = str(compiled)
         params = compiled.params
         if compiled.positiontup is not None:
             params = tuple(params[k] for k in compiled.positiontup)
-        raw = conn.connection.driver_connection
         if conn.dialect.name == "sqlite":
             rows = raw.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
             text = "\n".join(str(r[-1]) for r in rows)

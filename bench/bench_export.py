@@ -11,10 +11,10 @@ PostgreSQL database at the end; --regenerate rebuilds both).
 
 Exports: each measurement is a whole process (interpreter start and imports included, like
 the floors), run --repeat times interleaved with its floor; the median wall time gives
-rows/s, and peak RSS is the child's ru_maxrss. Ours is `bench/run_export.py` (the CLI's
-export bytes without its migration check and its audit record); the floors are the sqlite3
-shell (`-csv -header`, `-json`) and `psql -c "COPY (SELECT ...) TO STDOUT WITH CSV HEADER"`
-over the same rows (same columns, same order, same WHERE). All output goes to /dev/null.
+rows/s, and peak RSS is `/usr/bin/time -f %M` of that process. Ours is
+`bench/run_export.py` (the CLI's export bytes without its migration check and its audit
+record); the floors are the sqlite3 shell (`-csv -header`, `-json`) and
+`psql -c "COPY (SELECT ...) TO STDOUT WITH CSV HEADER"` over the same rows (same columns, same order, same WHERE). All output goes to /dev/null.
 
 Previews: in one warm process, `query.count` + `query.preview(limit=500)` per filter,
 median of --preview-repeat runs after one warm-up; the plans of both statements are
@@ -291,11 +291,12 @@ def table(exports: list[dict], previews: list[dict], n: int, limit_ms: float) ->
             f"| {r['engine']} | {r['fmt']} | {r['ours_rps']:,.0f} | {r['ours_rss']} MB"
             f"{'' if rss_ok else ' (**over 150**)'} | {r['floor']} | {r['floor_rps']:,.0f} | "
             f"{r['floor_rss']} MB | {r['ratio']:.2f}× | {f'≥ {tgt}×' if tgt else '—'} | {met} |")
-    lines += ["", f"Preview (count + newest 500), warm page cache, median; target ≤ {limit_ms:.0f} ms. "
-              "'total' is a filter's first count (count cache emptied before each run) plus "
-              "the newest 500; 'again' is the same preview once the count is remembered "
-              "(only rows appended since are counted):", "",
-              "| engine | filter | matching | count ms | newest-500 ms | total ms | met | again ms |",
+    lines += ["", "Preview (count + newest 500), warm page cache, median; "
+              f"target ≤ {limit_ms:.0f} ms. 'total' is a filter's first count (count cache "
+              "emptied before each run) plus the newest 500; 'again' is the same preview "
+              "once the count is remembered (only rows appended since are counted):", "",
+              "| engine | filter | matching | count ms | newest-500 ms | total ms | met "
+              "| again ms |",
               "|---|---|---:|---:|---:|---:|---|---:|"]
     for p in previews:
         met = "yes" if p["total_ms"] <= limit_ms else "**no**"

@@ -202,7 +202,7 @@ def test_crlf_restores_row_ends_only() -> None:
     assert fastpath._crlf([b"a\n", b"b\n"]) == b"a\r\nb\r\n"
 
 
-ALPHABET = list(',"\r\n\t=+-@\' ;|\\/.:') + ["é", "日", "🙂", "\u2028", "\x01", "\x7f"] + list("abcXYZ019")
+ALPHABET = [*',"\r\n\t=+-@\' ;|\\/.:', "é", "日", "🙂", "\u2028", "\x01", "\x7f", *"abcXYZ019"]
 
 
 def random_records(n: int, seed: int) -> list:
@@ -260,7 +260,8 @@ def test_nul_characters_on_sqlite(tmp_path) -> None:
         assert b"".join(fast) == plain_csv(conn, AuditFilter(), upto)
         enc = fastpath.json_records(conn, AuditFilter(), upto)
         assert enc is not None
-        assert b"".join(formats.jsonl_from_encoded(enc)) == plain_jsonl(conn, AuditFilter(), upto)
+        got = b"".join(formats.jsonl_from_encoded(enc))
+        assert got == plain_jsonl(conn, AuditFilter(), upto)
     eng.dispose()
 
 

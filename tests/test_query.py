@@ -31,11 +31,9 @@ def matches(flt: AuditFilter, r: dict) -> bool:
         return False
     if flt.end is not None and r["ts"] >= to_micros(flt.end):
         return False
-    if flt.actions or flt.action_prefixes:
-        if r["action"] not in flt.actions and not any(
-            r["action"].startswith(p) for p in flt.action_prefixes
-        ):
-            return False
+    in_family = any(r["action"].startswith(p) for p in flt.action_prefixes)
+    if (flt.actions or flt.action_prefixes) and r["action"] not in flt.actions and not in_family:
+        return False
     if flt.users and r["user_lc"] not in flt.users:
         return False
     return not (flt.namespaces and r["namespace"] not in flt.namespaces)
