@@ -14,7 +14,8 @@ the floors), run --repeat times interleaved with its floor; the median wall time
 rows/s, and peak RSS is `/usr/bin/time -f %M` of that process. Ours is
 `bench/run_export.py` (the CLI's export bytes without its migration check and its audit
 record); the floors are the sqlite3 shell (`-csv -header`, `-json`) and
-`psql -c "COPY (SELECT ...) TO STDOUT WITH CSV HEADER"` over the same rows (same columns, same order, same WHERE). All output goes to /dev/null.
+`psql -c "COPY (SELECT ...) TO STDOUT WITH CSV HEADER"` over the same rows (same columns,
+same order, same WHERE). All output goes to /dev/null.
 
 Previews: in one warm process, `query.count` + `query.preview(limit=500)` per filter,
 median of --preview-repeat runs after one warm-up; the plans of both statements are
