@@ -52,16 +52,13 @@ def _sqlite_csv_line() -> str:
     """Raw cells joined by 0xFF; 0xFD first when a free-text cell might need neutralising.
 
     Neither byte occurs in UTF-8 text, so the cells split back exactly. The 0xFD test is
-    a cheap superset (plain comparisons, one min()): every formula lead character sorts
-    below 'A', so a row whose free-text cells all sort at or above 'A' (and whose source
-    address starts with a digit, '.', '/', ':' ';' '<' or a letter) needs no quote prefix.
+    a cheap superset made of plain comparisons (no function calls): every formula lead
+    character sorts below 'A', so a row whose free-text cells all sort at or above 'A'
+    (the source address may also start with '.' to '<': digits, ':') needs no prefix.
     """
-    free = [f for f in _FREE_TEXT if f != "sourceIP"]
     ip = _q("sourceIP")
-    clean = (
-        f"min({', '.join(_q(f) for f in free)}) >= 'A'"
-        f" AND ({ip} >= 'A' OR ({ip} >= '.' AND {ip} < '='))"
-    )
+    clean = " AND ".join(f"{_q(f)} >= 'A'" for f in _FREE_TEXT if f != "sourceIP")
+    clean += f" AND ({ip} >= 'A' OR ({ip} >= '.' AND {ip} < '='))"
     cells = " || x'ff' || ".join(_q(f) for f in FIELDS)
     return f"CAST((CASE WHEN {clean} THEN x'' ELSE x'fd' END) || {cells} AS BLOB)"
 
