@@ -2,10 +2,13 @@
 
     .venv/bin/python bench/bench_api.py                      # 10,000-row and 1M-row CSV
     .venv/bin/python bench/bench_api.py --formats csv,jsonl --repeat 3
+    .venv/bin/python bench/bench_api.py --pg-template audit_bench_1000000   # PostgreSQL
 
 Data: a copy of the cached 1M-record demo SQLite file that bench/bench_export.py builds
 (/tmp/auditbench/audit-1000000.db; made with `python -m audit_core demo --records N
 --seed 7` when missing). A copy, because every API export writes its audit record.
+With --pg-template, a PostgreSQL copy instead (CREATE DATABASE ... TEMPLATE the cached
+bench database), dropped at the end.
 
 Server: `streamlit run app.py` on a free loopback port, AUDIT_SYNC_EXPORT_LIMIT raised
 above the row count so the 1M-row request streams (instead of queueing a job).
@@ -32,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import text  # noqa: E402
+from sqlalchemy import create_engine, text  # noqa: E402
 
 from audit_core import access, export  # noqa: E402
 from audit_core.access import LOCAL_ADMIN  # noqa: E402
@@ -41,6 +44,13 @@ from audit_core.db import make_engine, migrate  # noqa: E402
 from audit_core.filters import AuditFilter  # noqa: E402
 from audit_core.record import format_instant, from_micros  # noqa: E402
 from tests.e2e.harness import free_port, start_streamlit, stop_process  # noqa: E402
+
+PG_ADMIN = create_engine(
+    os.environ.get(
+        "AUDIT_BENCH_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+    ),
+    isolation_level="AUTOCOMMIT",
+)
 
 
 def ensure_source(path: Path, n: int) -> None:
@@ -111,13 +121,21 @@ def main() -> int:
     ap.add_argument("--formats", default="csv")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--small", type=int, default=10_000, help="rows in the small request")
+    ap.add_argument("--pg-template", help="PostgreSQL database to copy instead of SQLite")
     a = ap.parse_args()
 
-    ensure_source(a.source, a.records)
     work = Path(tempfile.mkdtemp(prefix="bench-api-"))
-    db = work / "audit.db"
-    shutil.copyfile(a.source, db)
-    url = f"sqlite:///{db}"
+    pg_copy = ""
+    if a.pg_template:
+        pg_copy = f"audit_api_bench_{os.getpid()}"
+        with PG_ADMIN.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{pg_copy}" TEMPLATE "{a.pg_template}"'))
+        url = PG_ADMIN.url.set(database=pg_copy).render_as_string(hide_password=False)
+    else:
+        ensure_source(a.source, a.records)
+        db = work / "audit.db"
+        shutil.copyfile(a.source, db)
+        url = f"sqlite:///{db}"
     settings = Settings(database_url=url, database_configured=True, export_dir=work / "exports")
     engine = make_engine(url)
     migrate(engine)
@@ -147,7 +165,8 @@ def main() -> int:
     }
     proc = start_streamlit(ROOT, port, env=env, log_path=work / "streamlit.log")
     base = f"http://127.0.0.1:{port}"
-    print(f"API throughput (SQLite, {total:,} records; python {sys.version.split()[0]})")
+    kind = "PostgreSQL" if pg_copy else "SQLite"
+    print(f"API throughput ({kind}, {total:,} records; python {sys.version.split()[0]})")
     print(f"{'case':32} {'fmt':5} {'rows':>9} {'MB':>7} {'library s':>10} {'API s':>8} "
           f"{'lib rows/s':>11} {'API rows/s':>11} {'API/lib':>7}")  # fmt: skip
     try:
@@ -167,6 +186,9 @@ def main() -> int:
         stop_process(proc)
         engine.dispose()
         shutil.rmtree(work, ignore_errors=True)
+        if pg_copy:
+            with PG_ADMIN.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{pg_copy}" WITH (FORCE)'))
     return 0
 
 

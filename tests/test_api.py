@@ -295,6 +295,18 @@ def test_expired_job_download_is_gone(api: Api) -> None:
     status(api.get(f"/audit/export/download/{job_id}", api.admin), 410, "Gone")
 
 
+def test_a_failed_job_has_no_file_to_download(api: Api) -> None:
+    add(api.engine, LIMIT + 1)
+    job_id = api.get("/audit/export", api.admin, to=TO).json()["metadata"]["jobId"]
+    t = ExportJob.__table__
+    with api.engine.begin() as conn:
+        conn.execute(
+            update(t).where(t.c.job_id == job_id).values(state="failed", last_error="disk full")
+        )
+    body = status(api.get(f"/audit/export/download/{job_id}", api.admin), 409, "Conflict")
+    assert "failed: disk full" in body["message"]
+
+
 def test_jobs_of_other_people_are_not_found(api: Api) -> None:
     add(api.engine, LIMIT + 1)
     job_id = api.get("/audit/export", api.admin, to=TO).json()["metadata"]["jobId"]
@@ -365,6 +377,7 @@ def test_role_and_namespace_grants_are_forbidden(api: Api) -> None:
         ({"namespace": "a\x01b"}, "control"),
         ({"namespaces": "production"}, "unknown query parameter"),
         ({"format": ""}, "empty"),
+        ({"action": ",".join(["a"] * 900), "user": ",".join(["u"] * 900)}, "query string"),
         ({"from": " "}, "empty"),
         ({"to": "0001-01-01T00:00:00+01:00"}, "ISO 8601"),
     ],
