@@ -19,6 +19,7 @@ import re
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
 from typing import Any, BinaryIO
 
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
@@ -145,6 +146,9 @@ async def _signed(request: Request, ctx: Context, job_id: str) -> Principal:
             return access.principal_for(conn, email, ctx.settings, _client_ip(request))
 
     who = await run_in_threadpool(lookup)
+    if who is None and ctx.local_mode and email == access.LOCAL_ADMIN.email:
+        # Sign-in is off: the portal signs links for its one local admin (loopback only).
+        who = replace(access.LOCAL_ADMIN, source_ip=_client_ip(request))
     if who is None:
         raise Unauthorized("the person this link was signed for no longer has access")
     return who
@@ -364,6 +368,33 @@ async def not_found(request: Request, ctx: Context, limiter: StreamLimiter) -> R
 
 
 # --------------------------------------------------------------------------- wiring
+
+
+class LoopbackOnlyMiddleware:
+    """In local mode (sign-in off, everyone is the admin) answer loopback clients only.
+
+    The start-up check refuses a non-loopback server.address, but `uvicorn app:app --host
+    0.0.0.0` does not go through that setting; this refuses the requests themselves.
+    """
+
+    def __init__(self, app: Any, enabled: Callable[[], bool]) -> None:
+        self.app = app
+        self.enabled = enabled
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket") and self.enabled():
+            client = scope.get("client") or ("", 0)
+            if not access.is_loopback(str(client[0])):
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                response = error_response(
+                    403, "Forbidden",
+                    "sign-in is off (local mode): this portal only answers on loopback",
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class ApiMiddleware:

@@ -59,7 +59,7 @@ def _instant(name: str, raw: str | datetime | None) -> datetime | None:
         raise FilterError(f"{name} is not an ISO 8601 date or time", name)
     try:
         return parse_instant(raw)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an offset past year 1 or 9999
         raise FilterError(
             f"{name} must be an ISO 8601 date or time such as 2026-03-01T00:00:00Z, got {raw!r}",
             name,

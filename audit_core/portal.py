@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import Engine
 
@@ -24,6 +24,7 @@ class Context:
     settings: Settings
     engine: Engine
     demo: bool  # running on generated demo data
+    local_mode: bool = False  # sign-in off: the server is loopback-only, one local admin
 
 
 def context() -> Context:
@@ -48,6 +49,21 @@ def context() -> Context:
                 demo = True
             _context = Context(settings, engine, demo)
         return _context
+
+
+def set_local_mode(local: bool) -> Context:
+    """Record whether sign-in is off (decided by the server at start-up from its secrets)."""
+    global _context
+    ctx = context()
+    with _lock:
+        _context = replace(ctx, local_mode=local)
+        return _context
+
+
+def in_local_mode() -> bool:
+    """True once the server has started with sign-in off."""
+    ctx = _context
+    return ctx is not None and ctx.local_mode
 
 
 def reset() -> None:

@@ -51,7 +51,7 @@ def parse_instant(text: str) -> datetime:
 def format_instant(dt: datetime) -> str:
     """Write an instant as the export does: UTC, Z, fractions only when not zero."""
     dt = dt.astimezone(UTC)
-    base = dt.strftime("%Y-%m-%dT%H:%M:%S")
+    base = f"{dt.year:04d}-" + dt.strftime("%m-%dT%H:%M:%S")  # %Y does not pad years < 1000
     if dt.microsecond:
         base += "." + f"{dt.microsecond:06d}".rstrip("0")
     return base + "Z"
