@@ -194,42 +194,42 @@ def _pg_copy(
     )
     pgconn = raw.pgconn
     done = False
-    with raw.lock:
-        pgconn.send_query(copy_sql.encode())
-        while pgconn.flush():
-            pass
-        try:
-            res = pgconn.get_result()
-            if res is None or res.status != psycopg.pq.ExecStatus.COPY_OUT:
-                raise _pg_error(res)
-            get = pgconn.get_copy_data
-            rows: list[Any] = []
-            append = rows.append
-            while True:
-                nbytes, data = get(0)
-                if nbytes < 0:
-                    break
-                append(data)
-                if len(rows) >= PG_BATCH:
-                    yield rows
-                    rows = []
-                    append = rows.append
-            if rows:
+    # No psycopg lock is held across the yields: a consumer that drops this generator
+    # without closing it must not wedge the connection's own rollback (it fails instead,
+    # "COPY in progress", and the pool discards the connection).
+    pgconn.send_query(copy_sql.encode())
+    while pgconn.flush():
+        pass
+    try:
+        res = pgconn.get_result()
+        if res is None or res.status != psycopg.pq.ExecStatus.COPY_OUT:
+            raise _pg_error(res)
+        get = pgconn.get_copy_data
+        rows: list[Any] = []
+        append = rows.append
+        while True:
+            nbytes, data = get(0)
+            if nbytes < 0:
+                break
+            append(data)
+            if len(rows) >= PG_BATCH:
                 yield rows
-            res = pgconn.get_result()
-            if res is None or res.status != psycopg.pq.ExecStatus.COMMAND_OK:
-                raise _pg_error(res)
-            done = True
-        finally:
+                rows = []
+                append = rows.append
+        if rows:
+            yield rows
+        res = pgconn.get_result()
+        if res is None or res.status != psycopg.pq.ExecStatus.COMMAND_OK:
+            raise _pg_error(res)
+        done = True
+    finally:
+        with contextlib.suppress(Exception):  # best effort: the connection may be gone
             if not done:
                 # Stopped early (consumer gone) or failed: cancel and drain the COPY.
-                with contextlib.suppress(Exception):  # best effort; draining follows
+                with contextlib.suppress(Exception):
                     raw.cancel_safe()
                 while True:
-                    try:
-                        nbytes, _ = pgconn.get_copy_data(0)
-                    except psycopg.Error:
-                        break
+                    nbytes, _ = pgconn.get_copy_data(0)
                     if nbytes < 0:
                         break
             while pgconn.get_result() is not None:
