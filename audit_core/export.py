@@ -41,7 +41,7 @@ def plan(
     upto_seq: int | None = None,
 ) -> ExportPlan:
     """Fix the snapshot (highest key now) and 'to' (default now), and count the rows."""
-    now = now or datetime.now(UTC).replace(microsecond=0)
+    now = now or datetime.now(UTC)
     if flt.end is None:
         flt = flt.with_end(now)
     seq = query.max_seq(conn) if upto_seq is None else upto_seq

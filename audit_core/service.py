@@ -126,11 +126,16 @@ def _stream(
 ) -> Iterator[bytes]:
     with engine.connect() as conn:
         chunks = export.chunks(conn, plan)
-        first = next(chunks, None)
-        record_export(engine, who, plan, settings, channel=channel)
-        if first is not None:
-            yield first
-        yield from chunks
+        try:
+            first = next(chunks, None)
+            record_export(engine, who, plan, settings, channel=channel)
+            if first is not None:
+                yield first
+            yield from chunks
+        finally:
+            # A reader who hangs up must not hand a connection with an open COPY or
+            # cursor back to the pool: close the source before the connection.
+            chunks.close()
 
 
 def record_export(

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
+from starlette.testclient import TestClient
 
 from audit_core.api import LoopbackOnlyMiddleware
 
@@ -25,12 +24,8 @@ def make_app(local: bool) -> Starlette:
 
 
 def get(app: Starlette, client_host: str) -> httpx.Response:
-    async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app, client=(client_host, 40000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://portal") as c:
-            return await c.get("/")
-
-    return asyncio.run(go())
+    with TestClient(app, client=(client_host, 40000)) as client:
+        return client.get("/")
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.5.6.7", "::1"])
