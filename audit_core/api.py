@@ -389,7 +389,8 @@ class LoopbackOnlyMiddleware:
                     await send({"type": "websocket.close", "code": 1008})
                     return
                 response = error_response(
-                    403, "Forbidden",
+                    403,
+                    "Forbidden",
                     "sign-in is off (local mode): this portal only answers on loopback",
                 )
                 await response(scope, receive, send)

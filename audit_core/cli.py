@@ -16,7 +16,7 @@ from . import export as export_mod
 from . import ingest as ingest_mod
 from . import store
 from .config import ConfigError, Settings
-from .db import make_engine, migrate
+from .db import make_engine, migrate, refresh_statistics
 from .filters import AuditFilter, FilterError, parse_format
 from .integrity import verify
 
@@ -54,6 +54,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     with engine.begin() as conn:
         added = store.append(conn, _counting(generate(args.records, seed=args.seed), bar))
     bar.close()
+    refresh_statistics(engine)
     print(f"added {added} demo records", file=sys.stderr)
     return 0
 
@@ -61,12 +62,11 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     """Load records from files; a file with any bad record is refused whole."""
     engine = open_engine(settings)
-    total_added = 0
     for name in args.files:
         with _source(name, args.format) as (opener, fmt, label):
             bar = _progress(None, label)
             try:
-                report = ingest_mod.ingest(engine, opener, fmt, progress=lambda n: _set(bar, n))
+                report = ingest_mod.ingest(engine, opener, fmt, progress=bar_setter(bar))
             except ingest_mod.IngestError as exc:
                 bar.close()
                 for pos, reason in exc.problems:
@@ -76,7 +76,8 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
                 bar.close()
                 raise CliError(f"{label}: refused: {exc}; nothing was added") from None
             bar.close()
-        total_added += report.added
+        if report.added:
+            refresh_statistics(engine)
         print(
             f"{label}: {report.total} records, {report.added} added, "
             f"{report.already_stored} already stored",
@@ -89,7 +90,10 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     """Write matching records to stdout or a file."""
     fmt = parse_format(args.format)
     flt = AuditFilter.parse(
-        start=args.start, end=args.end, action=args.action, user=args.user,
+        start=args.start,
+        end=args.end,
+        action=args.action,
+        user=args.user,
         namespace=args.namespace,
     )
     engine = open_engine(settings)
@@ -110,9 +114,14 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
             out.flush()
     with engine.begin() as conn:
         store.log_event(
-            conn, action="audit.export", user=actor(), role="admin",
+            conn,
+            action="audit.export",
+            user=actor(),
+            role="admin",
             resource=f"{fmt} {plan.total} rows; {plan.filter.describe()}",
-            resource_type="AuditExport", namespace=settings.self_namespace, source_ip="local",
+            resource_type="AuditExport",
+            namespace=settings.self_namespace,
+            source_ip="local",
         )
     print(f"exported {plan.total} records", file=sys.stderr)
     return 0
@@ -134,12 +143,20 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
 def _progress(total: int | None, label: str) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=label, unit=" rec", unit_scale=True, file=sys.stderr,
-                disable=not sys.stderr.isatty(), mininterval=0.5)
+    return tqdm(
+        total=total,
+        desc=label,
+        unit=" rec",
+        unit_scale=True,
+        file=sys.stderr,
+        disable=not sys.stderr.isatty(),
+        mininterval=0.5,
+    )
 
 
-def _set(bar: Any, n: int) -> None:
-    bar.update(n - bar.n)
+def bar_setter(bar: Any) -> Callable[[int], None]:
+    """A progress callback that moves bar to an absolute count."""
+    return lambda n: bar.update(n - bar.n)
 
 
 def _counting(items: Any, bar: Any) -> Any:

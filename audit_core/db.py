@@ -51,6 +51,20 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+def refresh_statistics(engine: Engine) -> None:
+    """Give SQLite's planner fresh statistics (sampled: ~0.2 s at 1M rows).
+
+    Without sqlite_stat1 the planner guesses, and the portal's summary and facet queries
+    pick slower indexes (measured: Explore's first render 1.2 s -> 0.85 s CPU at 1M rows).
+    PostgreSQL's autovacuum keeps its own statistics.
+    """
+    if engine.dialect.name != "sqlite":
+        return
+    with engine.begin() as conn:
+        conn.exec_driver_sql("PRAGMA analysis_limit=1000")
+        conn.exec_driver_sql("ANALYZE")
+
+
 def is_sqlite(bind: Engine | Connection) -> bool:
     return bind.dialect.name == "sqlite"
 
@@ -62,6 +76,5 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 @contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
     """Open a session for a script or worker; commit on success, roll back on error."""
-    with session_factory(engine)() as session:
-        with session.begin():
-            yield session
+    with session_factory(engine)() as session, session.begin():
+        yield session

@@ -29,17 +29,81 @@ RESOURCE_TYPES = {
     "alert": "Alert",
 }
 # How often each family happens, relative to the others.
-FAMILY_WEIGHTS = {"runbook": 12, "incident": 10, "user": 30, "secret": 14, "deployment": 16,
-                  "policy": 6, "alert": 12}
-NAMESPACES = ("production", "staging", "development", "payments", "identity", "data-platform",
-              "observability", "networking", "security", "billing", "mobile", "ml-platform")
-ROLES = (("admin", 3), ("operator", 25), ("developer", 50), ("sre", 15), ("security", 5),
-         ("auditor", 2))
-FIRST = ("ana", "bruno", "carlos", "diana", "eduardo", "fernanda", "gabriel", "helena", "igor",
-         "julia", "kaio", "larissa", "marcos", "natalia", "otavio", "paula", "rafael", "sofia",
-         "tiago", "vitoria", "wagner", "yasmin", "zeca", "amelia", "bernardo")
-LAST = ("silva", "santos", "oliveira", "souza", "lima", "pereira", "costa", "almeida", "rocha",
-        "gomes", "martins", "araujo", "barbosa", "ribeiro", "carvalho")
+FAMILY_WEIGHTS = {
+    "runbook": 12,
+    "incident": 10,
+    "user": 30,
+    "secret": 14,
+    "deployment": 16,
+    "policy": 6,
+    "alert": 12,
+}
+NAMESPACES = (
+    "production",
+    "staging",
+    "development",
+    "payments",
+    "identity",
+    "data-platform",
+    "observability",
+    "networking",
+    "security",
+    "billing",
+    "mobile",
+    "ml-platform",
+)
+ROLES = (
+    ("admin", 3),
+    ("operator", 25),
+    ("developer", 50),
+    ("sre", 15),
+    ("security", 5),
+    ("auditor", 2),
+)
+FIRST = (
+    "ana",
+    "bruno",
+    "carlos",
+    "diana",
+    "eduardo",
+    "fernanda",
+    "gabriel",
+    "helena",
+    "igor",
+    "julia",
+    "kaio",
+    "larissa",
+    "marcos",
+    "natalia",
+    "otavio",
+    "paula",
+    "rafael",
+    "sofia",
+    "tiago",
+    "vitoria",
+    "wagner",
+    "yasmin",
+    "zeca",
+    "amelia",
+    "bernardo",
+)
+LAST = (
+    "silva",
+    "santos",
+    "oliveira",
+    "souza",
+    "lima",
+    "pereira",
+    "costa",
+    "almeida",
+    "rocha",
+    "gomes",
+    "martins",
+    "araujo",
+    "barbosa",
+    "ribeiro",
+    "carvalho",
+)
 # Activity by hour of day (UTC): quiet nights, a busy working day.
 HOURLY = (1, 1, 1, 1, 1, 2, 4, 8, 12, 14, 14, 12, 9, 12, 14, 14, 12, 9, 6, 4, 3, 2, 2, 1)
 
@@ -50,7 +114,8 @@ def _users(rng: random.Random, n: int) -> list[tuple[str, str]]:
     out = [("admin@empresa.com", "admin"), ("carlos.silva@empresa.com", "operator")]
     seen.update(u for u, _ in out)
     while len(out) < n:
-        email = f"{rng.choice(FIRST)}.{rng.choice(LAST)}{rng.choice(['', '', str(rng.randint(1, 99))])}@empresa.com"
+        suffix = rng.choice(["", "", str(rng.randint(1, 99))])
+        email = f"{rng.choice(FIRST)}.{rng.choice(LAST)}{suffix}@empresa.com"
         if email not in seen:
             seen.add(email)
             out.append((email, rng.choices(roles, weights)[0]))
@@ -59,13 +124,14 @@ def _users(rng: random.Random, n: int) -> list[tuple[str, str]]:
 
 def _ip(rng: random.Random) -> str:
     if rng.random() < 0.15:
-        return "2001:db8:%x:%x::%x" % (rng.randint(0, 0xFFFF), rng.randint(0, 0xFFFF),
-                                       rng.randint(1, 0xFFFF))
+        a, b, c = rng.randint(0, 0xFFFF), rng.randint(0, 0xFFFF), rng.randint(1, 0xFFFF)
+        return f"2001:db8:{a:x}:{b:x}::{c:x}"
     return f"10.0.{rng.randint(0, 9)}.{rng.randint(2, 254)}"
 
 
-def generate(count: int, *, seed: int = 1, end: datetime | None = None,
-             days: int = 90) -> Iterator[Record]:
+def generate(
+    count: int, *, seed: int = 1, end: datetime | None = None, days: int = 90
+) -> Iterator[Record]:
     """Yield `count` demo records over `days` days ending at `end`, in time order."""
     rng = random.Random(seed)
     end = (end or datetime.now(UTC)).replace(minute=0, second=0, microsecond=0)
@@ -83,8 +149,12 @@ def generate(count: int, *, seed: int = 1, end: datetime | None = None,
     total_w = sum(hours)
     cum = list(itertools.accumulate(hours))
     micros = sorted(
-        (bisect.bisect_left(cum, rng.random() * total_w) * 3_600_000_000
-         + rng.randrange(3_600_000_000)) // 1_000_000 * 1_000_000
+        (
+            bisect.bisect_left(cum, rng.random() * total_w) * 3_600_000_000
+            + rng.randrange(3_600_000_000)
+        )
+        // 1_000_000
+        * 1_000_000
         for _ in range(count)
     )
     day_seq: dict[str, int] = {}
@@ -116,14 +186,30 @@ def _resource(rng: random.Random, fam: str, when: datetime) -> str:
     if fam == "incident":
         return f"INC-{when:%Y%m%d}-{rng.randint(1, 40):03d}"
     if fam == "runbook":
-        return "runbook-" + rng.choice(("disk-cleanup", "db-failover", "cert-renewal",
-                                        "cache-flush", "node-drain", "log-rotate"))
+        return "runbook-" + rng.choice(
+            (
+                "disk-cleanup",
+                "db-failover",
+                "cert-renewal",
+                "cache-flush",
+                "node-drain",
+                "log-rotate",
+            )
+        )
     if fam == "user":
         return f"user-{rng.randint(1000, 9999)}"
     if fam == "secret":
-        return rng.choice(("db-password", "api-key", "tls-cert", "oauth-client")) + f"-{rng.randint(1, 30)}"
+        return (
+            rng.choice(("db-password", "api-key", "tls-cert", "oauth-client"))
+            + f"-{rng.randint(1, 30)}"
+        )
     if fam == "deployment":
-        return rng.choice(("checkout", "api-gateway", "auth", "search", "ledger")) + f"-v{rng.randint(1, 9)}.{rng.randint(0, 30)}"
+        return (
+            rng.choice(("checkout", "api-gateway", "auth", "search", "ledger"))
+            + f"-v{rng.randint(1, 9)}.{rng.randint(0, 30)}"
+        )
     if fam == "policy":
-        return "policy-" + rng.choice(("mfa-required", "ip-allowlist", "least-privilege", "retention"))
+        return "policy-" + rng.choice(
+            ("mfa-required", "ip-allowlist", "least-privilege", "retention")
+        )
     return "alert-" + rng.choice(("cpu-high", "disk-full", "latency-p99", "error-rate"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -49,7 +49,7 @@ def plan(
     return ExportPlan(flt, fmt, seq, total, now)
 
 
-def chunks(conn: Connection, p: ExportPlan) -> Iterator[bytes]:
+def chunks(conn: Connection, p: ExportPlan) -> Generator[bytes, None, None]:
     """Yield the export file's bytes in chunks of thousands of rows."""
     if p.fmt == "csv":
         fast = fastpath.csv_chunks(conn, p.filter, p.upto_seq)

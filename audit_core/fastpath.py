@@ -141,13 +141,7 @@ def _sqlite_csv(conn: Connection, flt: AuditFilter, upto_seq: int | None) -> Ite
     chain = itertools.chain.from_iterable
     for rows in _sqlite_lines(conn, SQLITE_CSV_LINE, flt, upto_seq):
         body = b"\xfe".join(chain(rows))
-        if (
-            b"\xfd" in body
-            or b"," in body
-            or b'"' in body
-            or b"\n" in body
-            or b"\r" in body
-        ):
+        if b"\xfd" in body or b"," in body or b'"' in body or b"\n" in body or b"\r" in body:
             # Some cell needs quoting or neutralising: do this batch cell by cell.
             yield b"".join([_exact_line(r[0]) for r in rows])
         else:
@@ -285,9 +279,7 @@ def csv_chunks(conn: Connection, flt: AuditFilter, upto_seq: int) -> Iterator[by
     return None
 
 
-def json_records(
-    conn: Connection, flt: AuditFilter, upto_seq: int
-) -> Iterator[list[bytes]] | None:
+def json_records(conn: Connection, flt: AuditFilter, upto_seq: int) -> Iterator[list[bytes]] | None:
     """Batches of records already encoded as compact JSON objects (orjson's bytes), or None."""
     if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
         return _pg_json(conn, flt, upto_seq)

@@ -224,4 +224,3 @@ def parse_format(raw: str | None, default: str = "csv") -> str:
     if value not in FORMATS:
         raise FilterError(f"format must be one of csv, json, jsonl; got {raw!r}", "format")
     return value
-

@@ -44,7 +44,9 @@ def verify(conn: Connection, progress: Callable[[int], None] | None = None) -> V
             prev = chain_next(prev, fields["checksum"])
             if prev != row[-1]:
                 return VerifyResult(
-                    checked, fields["id"], "the hash chain breaks here (a record before it "
+                    checked,
+                    fields["id"],
+                    "the hash chain breaks here (a record before it "
                     "was removed, inserted or changed)",
                 )
             checked += 1
@@ -54,7 +56,9 @@ def verify(conn: Connection, progress: Callable[[int], None] | None = None) -> V
     head = conn.execute(select(HEAD.c.last_hash).where(HEAD.c.id == 1)).scalar()
     if head != prev:
         return VerifyResult(
-            checked, None, "the newest records do not reach the chain's recorded tip "
+            checked,
+            None,
+            "the newest records do not reach the chain's recorded tip "
             "(records were removed from the end)",
         )
     return VerifyResult(checked)

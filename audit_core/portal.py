@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 
 from . import store
 from .config import Settings
-from .db import make_engine, migrate
+from .db import make_engine, migrate, refresh_statistics
 from .query import max_seq
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ def context() -> Context:
                     with engine.begin() as conn:
                         store.append(conn, generate(DEMO_RECORDS))
                 demo = True
+            refresh_statistics(engine)
             _context = Context(settings, engine, demo)
         return _context
 

@@ -199,11 +199,7 @@ def stream(
     batch: int = STREAM_BATCH,
 ) -> Iterator[list[Row]]:
     """Yield matching records in (timestamp, key) order as lists of export-ordered tuples."""
-    stmt = (
-        select(*EXPORT_COLUMNS)
-        .where(_where(flt, upto_seq))
-        .order_by(T.c.ts, T.c.seq)
-    )
+    stmt = select(*EXPORT_COLUMNS).where(_where(flt, upto_seq)).order_by(T.c.ts, T.c.seq)
     result = conn.execution_options(stream_results=True, max_row_buffer=batch).execute(stmt)
     try:
         for part in result.partitions(batch):

@@ -46,7 +46,9 @@ from audit_core.record import FIELDS, format_instant, from_micros  # noqa: E402
 
 PY = sys.executable
 COLS = ", ".join(f'"{f}"' for f in FIELDS)
-PG_ADMIN = os.environ.get("AUDIT_BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN = os.environ.get(
+    "AUDIT_BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 REL_PY = os.path.relpath(PY, ROOT) if PY.startswith(str(ROOT)) else PY
 
 
@@ -71,8 +73,12 @@ def ensure_sqlite(data_dir: Path, n: int, regenerate: bool) -> Path:
     print(f"generating {n:,} records into {db} ...", flush=True)
     t = time.perf_counter()
     env = dict(os.environ, AUDIT_DATABASE_URL=f"sqlite:///{db}")
-    subprocess.run([PY, "-m", "audit_core", "demo", "--records", str(n), "--seed", "7"],
-                   cwd=ROOT, env=env, check=True)
+    subprocess.run(
+        [PY, "-m", "audit_core", "demo", "--records", str(n), "--seed", "7"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+    )
     con = sqlite3.connect(db)
     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     con.close()
@@ -111,8 +117,22 @@ def ensure_pg(db: Path, n: int, regenerate: bool) -> str:
     eng = make_engine(pg_url(n, "postgresql+psycopg"))
     migrate(eng)
     eng.dispose()
-    cols = ["seq", "id", "ts", "timestamp", "action", "user", "user_lc", "role", "resource",
-            "resourceType", "namespace", "sourceIP", "checksum", "chain"]
+    cols = [
+        "seq",
+        "id",
+        "ts",
+        "timestamp",
+        "action",
+        "user",
+        "user_lc",
+        "role",
+        "resource",
+        "resourceType",
+        "namespace",
+        "sourceIP",
+        "checksum",
+        "chain",
+    ]
     qcols = ", ".join(f'"{c}"' for c in cols)
     with psycopg.connect(pg_url(n)) as c:
         with c.cursor() as cur:
@@ -125,8 +145,10 @@ def ensure_pg(db: Path, n: int, regenerate: bool) -> str:
                     cp.write_row(row)
             head = src.execute("SELECT last_seq, last_hash, appends FROM chain_head").fetchone()
             cur.execute("UPDATE chain_head SET last_seq = %s, last_hash = %s, appends = %s", head)
-            cur.execute("SELECT setval(pg_get_serial_sequence('audit_records', 'seq'), "
-                        "(SELECT max(seq) FROM audit_records))")
+            cur.execute(
+                "SELECT setval(pg_get_serial_sequence('audit_records', 'seq'), "
+                "(SELECT max(seq) FROM audit_records))"
+            )
         c.commit()
     with psycopg.connect(pg_url(n), autocommit=True) as c:
         c.execute("VACUUM ANALYZE")
@@ -144,8 +166,13 @@ def run(cmd: list[str], stdout: int | None = subprocess.DEVNULL) -> tuple[float,
     Python process would count the parent's pages copied before exec.
     """
     t = time.perf_counter()
-    p = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], cwd=ROOT, stdout=stdout,
-                       stderr=subprocess.PIPE, check=False)
+    p = subprocess.run(
+        ["/usr/bin/time", "-f", "%M", *cmd],
+        cwd=ROOT,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        check=False,
+    )
     wall = time.perf_counter() - t
     err = p.stderr.decode(errors="replace").strip().splitlines()
     if p.returncode != 0:
@@ -157,8 +184,14 @@ def show(cmd: list[str]) -> str:
     return shlex.join([REL_PY if c == PY else c for c in cmd]) + " > /dev/null"
 
 
-def export_cases(db: Path, url: str | None, engine: str, to: str, upto: int, to_us: int,
-                 ) -> list[tuple[str, str, list[str], str, list[str]]]:
+def export_cases(
+    db: Path,
+    url: str | None,
+    engine: str,
+    to: str,
+    upto: int,
+    to_us: int,
+) -> list[tuple[str, str, list[str], str, list[str]]]:
     where = f"WHERE ts < {to_us} AND seq <= {upto} ORDER BY ts, seq"
     sql = f"SELECT {COLS} FROM audit_records {where}"
     out = []
@@ -172,8 +205,7 @@ def export_cases(db: Path, url: str | None, engine: str, to: str, upto: int, to_
     else:
         assert url is not None
         plain = url.replace("+psycopg", "")
-        floor = ["psql", "-X", "-q", "-d", plain, "-c",
-                 f"COPY ({sql}) TO STDOUT WITH CSV HEADER"]
+        floor = ["psql", "-X", "-q", "-d", plain, "-c", f"COPY ({sql}) TO STDOUT WITH CSV HEADER"]
         for fmt in ("csv", "json", "jsonl"):
             ours = [PY, "bench/run_export.py", url, fmt, "--to", to, "--upto-seq", str(upto)]
             out.append((engine, fmt, ours, "psql COPY csv", floor))
@@ -199,20 +231,36 @@ def bench_exports(cases, repeat: int, rows: int) -> list[dict]:
         f_med, f_rss = floors[key]
         o_med = statistics.median(ot)
         res = {
-            "engine": engine, "fmt": fmt, "ours_s": o_med, "ours_rps": rows / o_med,
-            "ours_rss": max(orss), "floor": floor_name, "floor_s": f_med,
-            "floor_rps": rows / f_med, "floor_rss": f_rss, "ratio": f_med / o_med,
-            "ours_cmd": show(ours), "floor_cmd": show(floor), "runs": ot,
+            "engine": engine,
+            "fmt": fmt,
+            "ours_s": o_med,
+            "ours_rps": rows / o_med,
+            "ours_rss": max(orss),
+            "floor": floor_name,
+            "floor_s": f_med,
+            "floor_rps": rows / f_med,
+            "floor_rss": f_rss,
+            "ratio": f_med / o_med,
+            "ours_cmd": show(ours),
+            "floor_cmd": show(floor),
+            "runs": ot,
         }
-        print(f"  {engine:10s} {fmt:5s} ours {o_med:6.2f}s {res['ours_rps']:>9,.0f} rows/s "
-              f"{res['ours_rss']:4d} MB | {floor_name:14s} {f_med:6.2f}s "
-              f"{res['floor_rps']:>9,.0f} rows/s | ratio {res['ratio']:.2f}", flush=True)
+        print(
+            f"  {engine:10s} {fmt:5s} ours {o_med:6.2f}s {res['ours_rps']:>9,.0f} rows/s "
+            f"{res['ours_rss']:4d} MB | {floor_name:14s} {f_med:6.2f}s "
+            f"{res['floor_rps']:>9,.0f} rows/s | ratio {res['ratio']:.2f}",
+            flush=True,
+        )
         results.append(res)
     return results
 
 
-TARGETS = {("sqlite", "csv"): 0.5, ("sqlite", "json"): 0.6, ("sqlite", "jsonl"): 0.6,
-           ("postgresql", "csv"): 0.9}
+TARGETS = {
+    ("sqlite", "csv"): 0.5,
+    ("sqlite", "json"): 0.6,
+    ("sqlite", "jsonl"): 0.6,
+    ("postgresql", "csv"): 0.9,
+}
 
 
 # ---------------------------------------------------------------- previews
@@ -227,12 +275,18 @@ def preview_filters(last_us: int) -> list[tuple[str, AuditFilter]]:
         ("action=runbook.*", AuditFilter.parse(action="runbook.*")),
         ("user=carlos.silva@empresa.com", AuditFilter.parse(user="carlos.silva@empresa.com")),
         ("7-day range", AuditFilter.parse(start=start, end=end)),
-        ("combined: ns=production, runbook.*, 30 days",
-         AuditFilter.parse(namespace="production", action="runbook.*",
-                           start=last - timedelta(days=30))),
-        ("combined: user + secret.*, 7 days",
-         AuditFilter.parse(user="carlos.silva@empresa.com", action="secret.*",
-                           start=start, end=end)),
+        (
+            "combined: ns=production, runbook.*, 30 days",
+            AuditFilter.parse(
+                namespace="production", action="runbook.*", start=last - timedelta(days=30)
+            ),
+        ),
+        (
+            "combined: user + secret.*, 7 days",
+            AuditFilter.parse(
+                user="carlos.silva@empresa.com", action="secret.*", start=start, end=end
+            ),
+        ),
     ]
 
 
@@ -260,14 +314,25 @@ def bench_previews(url: str, engine_name: str, repeat: int, plans: bool) -> tupl
                     tw.append(t3 - t2)
             med = statistics.median(tt) * 1000
             warm = statistics.median(tw) * 1000
-            out.append({"engine": engine_name, "filter": label, "count": n,
-                        "rows": len(page.rows), "count_ms": statistics.median(tc) * 1000,
-                        "preview_ms": statistics.median(tp) * 1000, "total_ms": med,
-                        "warm_ms": warm})
-            print(f"  {engine_name:10s} {label:45s} {n:>9,} rows  count "
-                  f"{statistics.median(tc) * 1000:7.1f} ms  newest-500 "
-                  f"{statistics.median(tp) * 1000:7.1f} ms  total {med:7.1f} ms  "
-                  f"(count remembered: {warm:5.1f} ms)", flush=True)
+            out.append(
+                {
+                    "engine": engine_name,
+                    "filter": label,
+                    "count": n,
+                    "rows": len(page.rows),
+                    "count_ms": statistics.median(tc) * 1000,
+                    "preview_ms": statistics.median(tp) * 1000,
+                    "total_ms": med,
+                    "warm_ms": warm,
+                }
+            )
+            print(
+                f"  {engine_name:10s} {label:45s} {n:>9,} rows  count "
+                f"{statistics.median(tc) * 1000:7.1f} ms  newest-500 "
+                f"{statistics.median(tp) * 1000:7.1f} ms  total {med:7.1f} ms  "
+                f"(count remembered: {warm:5.1f} ms)",
+                flush=True,
+            )
             if plans:
                 plan_lines.append(f"{engine_name} / {label}")
                 for op, text in query.explain(conn, flt):
@@ -281,9 +346,11 @@ def bench_previews(url: str, engine_name: str, repeat: int, plans: bool) -> tupl
 
 
 def table(exports: list[dict], previews: list[dict], n: int, limit_ms: float) -> str:
-    lines = ["| engine | format | ours rows/s | ours peak RSS | floor | floor rows/s | "
-             "floor RSS | ratio | target | met |",
-             "|---|---|---:|---:|---|---:|---:|---:|---:|---|"]
+    lines = [
+        "| engine | format | ours rows/s | ours peak RSS | floor | floor rows/s | "
+        "floor RSS | ratio | target | met |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---|",
+    ]
     for r in exports:
         tgt = TARGETS.get((r["engine"], r["fmt"]))
         met = "—" if tgt is None else ("yes" if r["ratio"] >= tgt else "**no**")
@@ -291,18 +358,24 @@ def table(exports: list[dict], previews: list[dict], n: int, limit_ms: float) ->
         lines.append(
             f"| {r['engine']} | {r['fmt']} | {r['ours_rps']:,.0f} | {r['ours_rss']} MB"
             f"{'' if rss_ok else ' (**over 150**)'} | {r['floor']} | {r['floor_rps']:,.0f} | "
-            f"{r['floor_rss']} MB | {r['ratio']:.2f}× | {f'≥ {tgt}×' if tgt else '—'} | {met} |")
-    lines += ["", "Preview (count + newest 500), warm page cache, median; "
-              f"target ≤ {limit_ms:.0f} ms. 'total' is a filter's first count (count cache "
-              "emptied before each run) plus the newest 500; 'again' is the same preview "
-              "once the count is remembered (only rows appended since are counted):", "",
-              "| engine | filter | matching | count ms | newest-500 ms | total ms | met "
-              "| again ms |",
-              "|---|---|---:|---:|---:|---:|---|---:|"]
+            f"{r['floor_rss']} MB | {r['ratio']:.2f}× | {f'≥ {tgt}×' if tgt else '—'} | {met} |"
+        )
+    lines += [
+        "",
+        "Preview (count + newest 500), warm page cache, median; "
+        f"target ≤ {limit_ms:.0f} ms. 'total' is a filter's first count (count cache "
+        "emptied before each run) plus the newest 500; 'again' is the same preview "
+        "once the count is remembered (only rows appended since are counted):",
+        "",
+        "| engine | filter | matching | count ms | newest-500 ms | total ms | met | again ms |",
+        "|---|---|---:|---:|---:|---:|---|---:|",
+    ]
     for p in previews:
         met = "yes" if p["total_ms"] <= limit_ms else "**no**"
-        lines.append(f"| {p['engine']} | {p['filter']} | {p['count']:,} | {p['count_ms']:.1f} | "
-                     f"{p['preview_ms']:.1f} | {p['total_ms']:.1f} | {met} | {p['warm_ms']:.1f} |")
+        lines.append(
+            f"| {p['engine']} | {p['filter']} | {p['count']:,} | {p['count_ms']:.1f} | "
+            f"{p['preview_ms']:.1f} | {p['total_ms']:.1f} | {met} | {p['warm_ms']:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -311,7 +384,7 @@ def write_report(path: Path, n: int, body: str) -> None:
     block = f"{start}\n{body}\n{end}"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(text)
@@ -340,11 +413,14 @@ def main() -> int:
     url = ensure_pg(db, n, a.regenerate) if "postgresql" in engines else None
     con = sqlite3.connect(db)
     upto, last_us, total = con.execute(
-        "SELECT max(seq), max(ts), count(*) FROM audit_records").fetchone()
+        "SELECT max(seq), max(ts), count(*) FROM audit_records"
+    ).fetchone()
     con.close()
     to_dt = from_micros(last_us).replace(microsecond=0) + timedelta(seconds=1)
-    to, to_us = format_instant(to_dt), int((to_dt - datetime(1970, 1, 1, tzinfo=UTC))
-                                            .total_seconds() * 1_000_000)
+    to, to_us = (
+        format_instant(to_dt),
+        int((to_dt - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds() * 1_000_000),
+    )
     load0 = os.getloadavg()
     started = datetime.now(UTC)
     exports: list[dict] = []
@@ -372,13 +448,15 @@ def main() -> int:
         print("\n".join(plan_lines))
     if not a.no_write:
         cmds = sorted({r["ours_cmd"] for r in exports} | {r["floor_cmd"] for r in exports})
-        head = (f"### {n:,} records — {started:%Y-%m-%d %H:%M} UTC\n\n"
-                f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared with other "
-                f"work: load average {load0[0]:.1f} before, {load1[0]:.1f} after), "
-                f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}.\n"
-                f"Produced by `{REL_PY} bench/bench_export.py --records {n}"
-                f"{' --plans' if a.plans else ''}`; each export row is the median of "
-                f"{a.repeat} whole-process runs, floor measured in the same run.\n\n")
+        head = (
+            f"### {n:,} records — {started:%Y-%m-%d %H:%M} UTC\n\n"
+            f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared with other "
+            f"work: load average {load0[0]:.1f} before, {load1[0]:.1f} after), "
+            f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}.\n"
+            f"Produced by `{REL_PY} bench/bench_export.py --records {n}"
+            f"{' --plans' if a.plans else ''}`; each export row is the median of "
+            f"{a.repeat} whole-process runs, floor measured in the same run.\n\n"
+        )
         details = ""
         if cmds:
             details += "\n\nCommands measured (median of the runs; rows/s = rows / wall time):\n\n"

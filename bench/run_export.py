@@ -34,8 +34,9 @@ def main() -> int:
     ap.add_argument("--upto-seq", type=int)
     ap.add_argument("-o", "--output", default="/dev/null")
     a = ap.parse_args()
-    flt = AuditFilter.parse(start=a.start, end=a.end, action=a.action, user=a.user,
-                            namespace=a.namespace)
+    flt = AuditFilter.parse(
+        start=a.start, end=a.end, action=a.action, user=a.user, namespace=a.namespace
+    )
     engine = make_engine(a.url)
     with engine.connect() as conn, open(a.output, "wb") as out:
         p = export.plan(conn, flt, a.format, upto_seq=a.upto_seq)

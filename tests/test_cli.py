@@ -11,15 +11,21 @@ import pytest
 from sqlalchemy import Engine, update
 
 from audit_core.cli import build_parser
-from audit_core.models import AuditRecord
+from audit_core.models import AUDIT
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def cli(env: dict[str, str], *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+def cli(
+    env: dict[str, str], *args: str, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [sys.executable, "-m", "audit_core", *args], cwd=ROOT, env=env, input=stdin,
-        capture_output=True, timeout=120,
+        [sys.executable, "-m", "audit_core", *args],
+        cwd=ROOT,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        timeout=120,
     )
 
 
@@ -56,9 +62,11 @@ def test_every_export_is_itself_audited(env: dict[str, str]) -> None:
 
 
 def test_stdin_ingest_needs_a_format_and_then_works(env: dict[str, str]) -> None:
-    row = (b'{"id":"audit-20260301-001","timestamp":"2026-03-01T00:05:00Z","action":"runbook.create",'
-           b'"user":"admin@empresa.com","role":"admin","resource":"r","resourceType":"Runbook",'
-           b'"namespace":"production","sourceIP":"10.0.1.10"}\n')
+    row = (
+        b'{"id":"audit-20260301-001","timestamp":"2026-03-01T00:05:00Z","action":"runbook.create",'
+        b'"user":"admin@empresa.com","role":"admin","resource":"r","resourceType":"Runbook",'
+        b'"namespace":"production","sourceIP":"10.0.1.10"}\n'
+    )
     refused = cli(env, "ingest", "-", stdin=row)
     assert refused.returncode == 2 and b"--format" in refused.stderr
     assert cli(env, "ingest", "-", "--format", "jsonl", stdin=row).returncode == 0
@@ -84,10 +92,14 @@ def test_errors_are_one_line_exit_2_no_traceback(
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_a_refused_file_names_the_record_and_adds_nothing(env: dict[str, str], tmp_path: Path) -> None:
+def test_a_refused_file_names_the_record_and_adds_nothing(
+    env: dict[str, str], tmp_path: Path
+) -> None:
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"id":"audit-20260301-001","timestamp":"nope","action":"a","user":"u",'
-                   '"role":"r","resource":"x","resourceType":"t","namespace":"n","sourceIP":"i"}\n')
+    bad.write_text(
+        '{"id":"audit-20260301-001","timestamp":"nope","action":"a","user":"u",'
+        '"role":"r","resource":"x","resourceType":"t","namespace":"n","sourceIP":"i"}\n'
+    )
     result = cli(env, "ingest", str(bad))
     assert result.returncode == 2 and b"record 1: timestamp" in result.stderr
     assert b"nothing was added" in result.stderr
@@ -96,9 +108,8 @@ def test_a_refused_file_names_the_record_and_adds_nothing(env: dict[str, str], t
 
 def test_verify_exits_1_naming_the_tampered_row(env: dict[str, str], engine: Engine) -> None:
     cli(env, "demo", "--records", "30")
-    T = AuditRecord.__table__
     with engine.begin() as conn:
-        conn.execute(update(T).where(T.c.seq == 12).values(action="secret.read"))
+        conn.execute(update(AUDIT).where(AUDIT.c.seq == 12).values(action="secret.read"))
     result = cli(env, "verify")
     assert result.returncode == 1
     assert b"FAILED at record audit-" in result.stdout

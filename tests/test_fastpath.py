@@ -27,7 +27,7 @@ NASTY = [
     "\n",
     "\r",
     "=1+2",
-    "=HYPERLINK(\"http://x\",\"y\")",
+    '=HYPERLINK("http://x","y")',
     "+x",
     "-x",
     "-",
@@ -40,7 +40,7 @@ NASTY = [
     "x'",
     " =x",
     "ünïcødé ✓ 日本語 🙂",
-    "é,\"\n",
+    'é,"\n',
     "\u2028\u2029\u0085\ufeff",
     "back\\slash\\",
     "\\N",
@@ -53,7 +53,7 @@ NASTY = [
     "a;b|c",
     "trailing space ",
     " ",
-    "=\",\r\n",
+    '=",\r\n',
     "x" * 60 + ",",
 ]
 REQUIRED = ("action", "user", "namespace")
@@ -181,9 +181,17 @@ def test_snapshot_bound_is_respected(nasty: Engine) -> None:
         upto = query.max_seq(conn)
     later = []
     for i in range(50):
-        fields = {"id": f"audit-20260302-{i + 1:03d}", "timestamp": "2026-03-01T00:05:00Z",
-                  "action": "late.add", "user": "u@x", "role": "r", "resource": f"=r{i}",
-                  "resourceType": "T", "namespace": "payments", "sourceIP": "::1"}
+        fields = {
+            "id": f"audit-20260302-{i + 1:03d}",
+            "timestamp": "2026-03-01T00:05:00Z",
+            "action": "late.add",
+            "user": "u@x",
+            "role": "r",
+            "resource": f"=r{i}",
+            "resourceType": "T",
+            "namespace": "payments",
+            "sourceIP": "::1",
+        }
         fields["checksum"] = compute_checksum(fields)
         later.append(normalize(fields))
     with nasty.begin() as conn:
@@ -202,7 +210,7 @@ def test_crlf_restores_row_ends_only() -> None:
     assert fastpath._crlf([b"a\n", b"b\n"]) == b"a\r\nb\r\n"
 
 
-ALPHABET = [*',"\r\n\t=+-@\' ;|\\/.:', "é", "日", "🙂", "\u2028", "\x01", "\x7f", *"abcXYZ019"]
+ALPHABET = [*",\"\r\n\t=+-@' ;|\\/.:", "é", "日", "🙂", "\u2028", "\x01", "\x7f", *"abcXYZ019"]
 
 
 def random_records(n: int, seed: int) -> list:
@@ -211,8 +219,10 @@ def random_records(n: int, seed: int) -> list:
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        fields = {"id": f"audit-20260305-{i + 1:04d}",
-                  "timestamp": f"2026-03-05T{rng.randint(0, 2):02d}:00:00Z"}
+        fields = {
+            "id": f"audit-20260305-{i + 1:04d}",
+            "timestamp": f"2026-03-05T{rng.randint(0, 2):02d}:00:00Z",
+        }
         for f in FIELDS[2:-1]:
             v = "".join(rng.choice(ALPHABET) for _ in range(rng.randint(0, 6)))
             if f in REQUIRED and not v.strip():
@@ -245,10 +255,18 @@ def test_nul_characters_on_sqlite(tmp_path) -> None:
     eng = make_engine(f"sqlite:///{tmp_path}/nul.db")
     migrate(eng)
     recs = []
-    for i, v in enumerate(["a\x00b", "\x00", "=\x00,", "\x00=", "x\x00\"y"]):
-        fields = {"id": f"audit-20260301-{i + 1:03d}", "timestamp": "2026-03-01T00:00:00Z",
-                  "action": "a" + v, "user": "u" + v, "role": v, "resource": v,
-                  "resourceType": v, "namespace": "n" + v, "sourceIP": v}
+    for i, v in enumerate(["a\x00b", "\x00", "=\x00,", "\x00=", 'x\x00"y']):
+        fields = {
+            "id": f"audit-20260301-{i + 1:03d}",
+            "timestamp": "2026-03-01T00:00:00Z",
+            "action": "a" + v,
+            "user": "u" + v,
+            "role": v,
+            "resource": v,
+            "resourceType": v,
+            "namespace": "n" + v,
+            "sourceIP": v,
+        }
         fields["checksum"] = compute_checksum(fields)
         recs.append(normalize(fields))
     with eng.begin() as conn:

@@ -31,11 +31,16 @@ def utc(*args: int) -> datetime:
             AuditFilter(actions=("incident.acknowledge",), action_prefixes=("runbook.",)),
         ),
         ({"action": "*"}, AuditFilter(action_prefixes=("",))),
-        ({"user": "Admin@Empresa.com,admin@empresa.com"}, AuditFilter(users=("admin@empresa.com",))),
+        (
+            {"user": "Admin@Empresa.com,admin@empresa.com"},
+            AuditFilter(users=("admin@empresa.com",)),
+        ),
         ({"namespace": "production,staging"}, AuditFilter(namespaces=("production", "staging"))),
         ({"namespace": " , production ,"}, AuditFilter(namespaces=("production",))),
-        ({"action": ["runbook.*", "user.login"]},
-         AuditFilter(actions=("user.login",), action_prefixes=("runbook.",))),
+        (
+            {"action": ["runbook.*", "user.login"]},
+            AuditFilter(actions=("user.login",), action_prefixes=("runbook.",)),
+        ),
     ],
 )
 def test_parse_accepts(kwargs: dict[str, str], expected: AuditFilter) -> None:
@@ -68,8 +73,11 @@ def test_parse_refuses_with_clear_message(kwargs: dict[str, str], field: str, me
 
 def test_round_trip_through_params_and_json() -> None:
     flt = AuditFilter.parse(
-        start="2026-03-01", end="2026-03-19T16:00:00Z", action="runbook.*,user.login",
-        user="A@b.c", namespace="production",
+        start="2026-03-01",
+        end="2026-03-19T16:00:00Z",
+        action="runbook.*,user.login",
+        user="A@b.c",
+        namespace="production",
     )
     assert AuditFilter.from_params(flt.to_params()) == flt
     assert AuditFilter.from_json(flt.to_json()) == flt
@@ -107,11 +115,15 @@ def test_like_form_escapes_wildcards_in_the_prefix() -> None:
     [
         ({}, "All records"),
         ({"start": "2026-03-01"}, "From 2026-03-01T00:00:00Z"),
-        ({"start": "2026-03-01", "end": "2026-03-02"},
-         "From 2026-03-01T00:00:00Z to 2026-03-02T00:00:00Z"),
+        (
+            {"start": "2026-03-01", "end": "2026-03-02"},
+            "From 2026-03-01T00:00:00Z to 2026-03-02T00:00:00Z",
+        ),
         ({"end": "2026-03-02"}, "Before 2026-03-02T00:00:00Z"),
-        ({"action": "runbook.*", "namespace": "production,staging"},
-         "Action runbook.*; namespace in production, staging"),
+        (
+            {"action": "runbook.*", "namespace": "production,staging"},
+            "Action runbook.*; namespace in production, staging",
+        ),
         ({"user": "A@B.com"}, "User a@b.com"),
     ],
 )
@@ -119,8 +131,9 @@ def test_describe_is_one_readable_line(kwargs: dict[str, str], text: str) -> Non
     assert AuditFilter.parse(**kwargs).describe() == text
 
 
-@pytest.mark.parametrize(("raw", "fmt"), [(None, "csv"), ("CSV", "csv"), ("json", "json"),
-                                          ("jsonl", "jsonl")])
+@pytest.mark.parametrize(
+    ("raw", "fmt"), [(None, "csv"), ("CSV", "csv"), ("json", "json"), ("jsonl", "jsonl")]
+)
 def test_parse_format(raw: str | None, fmt: str) -> None:
     assert parse_format(raw) == fmt
 

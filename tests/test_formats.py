@@ -21,15 +21,42 @@ from audit_core.formats import (
 from audit_core.record import FIELDS
 
 SEED_ROWS = [
-    ("audit-20260301-001", "2026-03-01T00:05:00Z", "runbook.create", "admin@empresa.com", "admin",
-     "runbook-disk-cleanup", "Runbook", "production", "10.0.1.10", "sha256:a1b2c3d4..."),
-    ("audit-20260301-002", "2026-03-01T01:15:00Z", "incident.acknowledge",
-     "carlos.silva@empresa.com", "operator", "INC-20260301-001", "Incident", "production",
-     "10.0.1.50", "sha256:e5f6g7h8..."),
+    (
+        "audit-20260301-001",
+        "2026-03-01T00:05:00Z",
+        "runbook.create",
+        "admin@empresa.com",
+        "admin",
+        "runbook-disk-cleanup",
+        "Runbook",
+        "production",
+        "10.0.1.10",
+        "sha256:a1b2c3d4...",
+    ),
+    (
+        "audit-20260301-002",
+        "2026-03-01T01:15:00Z",
+        "incident.acknowledge",
+        "carlos.silva@empresa.com",
+        "operator",
+        "INC-20260301-001",
+        "Incident",
+        "production",
+        "10.0.1.50",
+        "sha256:e5f6g7h8...",
+    ),
 ]
 ADVERSARIAL = (
-    "audit-20260301-003", "2026-03-01T02:00:00.25Z", "=cmd|' /C calc'!A0", "+1@x.com", "-role",
-    'say "hi", then\r\nleave', "@SUM(A1)", "\tns", "'quoted", "sha256:00",
+    "audit-20260301-003",
+    "2026-03-01T02:00:00.25Z",
+    "=cmd|' /C calc'!A0",
+    "+1@x.com",
+    "-role",
+    'say "hi", then\r\nleave',
+    "@SUM(A1)",
+    "\tns",
+    "'quoted",
+    "sha256:00",
 )
 
 
@@ -60,14 +87,27 @@ def test_csv_reads_back_to_the_raw_values_after_restoring() -> None:
     body = text(csv_chunks([[ADVERSARIAL], SEED_ROWS]))
     rows = list(csv.reader(io.StringIO(body, newline="")))
     assert rows[0] == list(FIELDS)
-    back = [tuple(restore(c) if i not in (0, 1, 9) else c for i, c in enumerate(r)) for r in rows[1:]]
+    back = [
+        tuple(restore(c) if i not in (0, 1, 9) else c for i, c in enumerate(r)) for r in rows[1:]
+    ]
     assert back == [ADVERSARIAL, *SEED_ROWS]
 
 
 @pytest.mark.parametrize(
     ("cell", "safe"),
-    [("=1+1", "'=1+1"), ("+1", "'+1"), ("-1", "'-1"), ("@x", "'@x"), ("\tx", "'\tx"),
-     ("\rx", "'\rx"), ("\nx", "'\nx"), ("'x", "''x"), ("x=1", "x=1"), ("", ""), ("ação", "ação")],
+    [
+        ("=1+1", "'=1+1"),
+        ("+1", "'+1"),
+        ("-1", "'-1"),
+        ("@x", "'@x"),
+        ("\tx", "'\tx"),
+        ("\rx", "'\rx"),
+        ("\nx", "'\nx"),
+        ("'x", "''x"),
+        ("x=1", "x=1"),
+        ("", ""),
+        ("ação", "ação"),
+    ],
 )
 def test_neutralise_is_reversible(cell: str, safe: str) -> None:
     assert neutralise(cell) == safe
@@ -76,8 +116,11 @@ def test_neutralise_is_reversible(cell: str, safe: str) -> None:
 
 def test_json_envelope_has_the_seed_shape() -> None:
     meta = export_metadata(
-        exported_at="2026-03-19T16:00:00Z", start="2026-03-01T00:00:00Z",
-        end="2026-03-19T16:00:00Z", total=2, description="All records",
+        exported_at="2026-03-19T16:00:00Z",
+        start="2026-03-01T00:00:00Z",
+        end="2026-03-19T16:00:00Z",
+        total=2,
+        description="All records",
     )
     body = text(json_chunks([SEED_ROWS[:1], [], SEED_ROWS[1:]], meta))
     doc = json.loads(body)
@@ -91,8 +134,10 @@ def test_json_envelope_has_the_seed_shape() -> None:
         '{"apiVersion":"v1","kind":"AuditExport","metadata":{"exportedAt":"2026-03-19T16:00:00Z",'
         '"from":"2026-03-01T00:00:00Z","to":"2026-03-19T16:00:00Z","totalRecords":2,'
         '"format":"json","filter":"All records"},"records":[\n'
-        + json.dumps(dict(zip(FIELDS, SEED_ROWS[0])), separators=(",", ":")) + ",\n"
-        + json.dumps(dict(zip(FIELDS, SEED_ROWS[1])), separators=(",", ":")) + "\n]}\n"
+        + json.dumps(dict(zip(FIELDS, SEED_ROWS[0], strict=True)), separators=(",", ":"))
+        + ",\n"
+        + json.dumps(dict(zip(FIELDS, SEED_ROWS[1], strict=True)), separators=(",", ":"))
+        + "\n]}\n"
     )
 
 
@@ -112,8 +157,11 @@ def test_json_and_jsonl_carry_raw_values() -> None:
 
 @pytest.mark.parametrize(
     ("fmt", "comp", "name"),
-    [("csv", "none", "audit-export-20260319.csv"), ("json", "none", "audit-export-20260319.json"),
-     ("jsonl", "gzip", "audit-export-20260319.jsonl.gz")],
+    [
+        ("csv", "none", "audit-export-20260319.csv"),
+        ("json", "none", "audit-export-20260319.json"),
+        ("jsonl", "gzip", "audit-export-20260319.jsonl.gz"),
+    ],
 )
 def test_file_names_follow_the_seed(fmt: str, comp: str, name: str) -> None:
     assert filename(fmt, datetime(2026, 3, 19, 16, tzinfo=UTC), comp) == name

@@ -23,9 +23,14 @@ T = AuditRecord.__table__
 
 def seed_record(n: int, **over: str) -> dict[str, str]:
     r = {
-        "id": f"audit-20260301-{n:03d}", "timestamp": f"2026-03-01T00:{n:02d}:00Z",
-        "action": "runbook.create", "user": "admin@empresa.com", "role": "admin",
-        "resource": "runbook-disk-cleanup", "resourceType": "Runbook", "namespace": "production",
+        "id": f"audit-20260301-{n:03d}",
+        "timestamp": f"2026-03-01T00:{n:02d}:00Z",
+        "action": "runbook.create",
+        "user": "admin@empresa.com",
+        "role": "admin",
+        "resource": "runbook-disk-cleanup",
+        "resourceType": "Runbook",
+        "namespace": "production",
         "sourceIP": "10.0.1.10",
     }
     r.update(over)
@@ -43,8 +48,9 @@ def opener(data: bytes):  # noqa: ANN201
 
 
 def envelope(records: list[dict[str, str]]) -> bytes:
-    return json.dumps({"apiVersion": "v1", "kind": "AuditExport", "metadata": {},
-                       "records": records}).encode()
+    return json.dumps(
+        {"apiVersion": "v1", "kind": "AuditExport", "metadata": {}, "records": records}
+    ).encode()
 
 
 def test_envelope_reingested_gives_identical_records(engine: Engine, tmp_path: Path) -> None:
@@ -66,8 +72,11 @@ def test_envelope_reingested_gives_identical_records(engine: Engine, tmp_path: P
 
 
 def test_jsonl_and_csv_with_formula_cells_round_trip(engine: Engine) -> None:
-    recs = [seed_record(1, resource="=HYPERLINK(\"x\")"), seed_record(2, user="'quoted@x.com"),
-            seed_record(3, resource='a,"b"\r\nc')]
+    recs = [
+        seed_record(1, resource='=HYPERLINK("x")'),
+        seed_record(2, user="'quoted@x.com"),
+        seed_record(3, resource='a,"b"\r\nc'),
+    ]
     jsonl = b"\n".join(json.dumps(r).encode() for r in recs) + b"\n"
     assert ingest.ingest(engine, opener(jsonl), "jsonl").added == 3
     with engine.connect() as conn:
@@ -96,8 +105,9 @@ def test_a_bad_record_refuses_the_whole_file(engine: Engine) -> None:
         ({"extra": "1"}, "unknown field"),
     ],
 )
-def test_refusals_name_position_and_reason(engine: Engine, record: dict[str, str],
-                                           reason: str) -> None:
+def test_refusals_name_position_and_reason(
+    engine: Engine, record: dict[str, str], reason: str
+) -> None:
     raw = {k: v for k, v in seed_record(1).items() if k != "checksum"}
     raw.update(record)
     data = json.dumps(seed_record(2)).encode() + b"\n" + json.dumps(raw).encode() + b"\n"

@@ -42,12 +42,27 @@ def test_an_edit_with_a_recomputed_checksum_breaks_the_chain(engine: Engine) -> 
     add_demo(engine, 50)
     with engine.connect() as conn:
         row = conn.execute(select(T).order_by(T.c.seq).offset(10).limit(1)).one()._mapping
-    fields = {k: row[k] for k in ("id", "timestamp", "action", "user", "role", "resource",
-                                  "resourceType", "namespace", "sourceIP")}
+    fields = {
+        k: row[k]
+        for k in (
+            "id",
+            "timestamp",
+            "action",
+            "user",
+            "role",
+            "resource",
+            "resourceType",
+            "namespace",
+            "sourceIP",
+        )
+    }
     fields["user"] = "mallory@evil.com"
     with engine.begin() as conn:
-        conn.execute(update(T).where(T.c.seq == row["seq"]).values(
-            user="mallory@evil.com", checksum=compute_checksum(fields)))
+        conn.execute(
+            update(T)
+            .where(T.c.seq == row["seq"])
+            .values(user="mallory@evil.com", checksum=compute_checksum(fields))
+        )
     result = check(engine)
     assert result.bad_id == row["id"] and "chain" in (result.reason or "")
 

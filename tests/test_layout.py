@@ -21,8 +21,14 @@ def test_audit_core_never_imports_streamlit() -> None:
         "        importlib.import_module(m)\n"
         "print(sorted(k for k in sys.modules if k.split('.')[0] == 'streamlit'))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         check=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     assert out.stdout.strip() == "[]"
 
 

@@ -14,8 +14,10 @@ from audit_core.record import FIELDS, compute_checksum, format_instant, from_mic
 from tests.conftest import add_demo
 
 N = 1500
-COLS = 'seq, ts, id, timestamp, action, "user", user_lc, role, resource, "resourceType", ' \
-       'namespace, "sourceIP", checksum'
+COLS = (
+    'seq, ts, id, timestamp, action, "user", user_lc, role, resource, "resourceType", '
+    'namespace, "sourceIP", checksum'
+)
 
 
 def all_rows(engine: Engine) -> list[dict]:
@@ -63,8 +65,10 @@ def filters(rows: list[dict]) -> list[tuple[str, AuditFilter]]:
         ("range", AuditFilter.parse(start=mid, end=late)),
         ("from only", AuditFilter.parse(start=late)),
         ("combined", AuditFilter.parse(namespace="production", action="runbook.*", start=mid)),
-        ("user family range", AuditFilter.parse(user="admin@empresa.com", action="user.*",
-                                                start=mid, end=late)),
+        (
+            "user family range",
+            AuditFilter.parse(user="admin@empresa.com", action="user.*", start=mid, end=late),
+        ),
         ("nothing", AuditFilter.parse(namespace="no-such-namespace")),
         ("empty range", AuditFilter.parse(start="2001-01-01", end="2001-01-02")),
     ]
@@ -86,11 +90,17 @@ def test_count_matches_reference(demo: Engine) -> None:
 def more_records(n: int, day: str = "20260401", ns: str = "production") -> list:
     out = []
     for i in range(n):
-        fields = {"id": f"audit-{day}-{i + 1:03d}",
-                  "timestamp": f"{day[:4]}-{day[4:6]}-{day[6:]}T00:{i % 60:02d}:00Z",
-                  "action": "runbook.execute" if i % 2 else "user.login",
-                  "user": "Late@Example.com", "role": "sre", "resource": f"r{i}",
-                  "resourceType": "Runbook", "namespace": ns, "sourceIP": "10.0.0.1"}
+        fields = {
+            "id": f"audit-{day}-{i + 1:03d}",
+            "timestamp": f"{day[:4]}-{day[4:6]}-{day[6:]}T00:{i % 60:02d}:00Z",
+            "action": "runbook.execute" if i % 2 else "user.login",
+            "user": "Late@Example.com",
+            "role": "sre",
+            "resource": f"r{i}",
+            "resourceType": "Runbook",
+            "namespace": ns,
+            "sourceIP": "10.0.0.1",
+        }
         fields["checksum"] = compute_checksum(fields)
         out.append(normalize(fields))
     return out
@@ -98,8 +108,11 @@ def more_records(n: int, day: str = "20260401", ns: str = "production") -> list:
 
 def test_remembered_counts_follow_appends(demo: Engine) -> None:
     """A remembered count adds the rows appended since, and stays exact."""
-    flts = [AuditFilter(), AuditFilter.parse(action="runbook.*", namespace="production"),
-            AuditFilter.parse(user="late@example.com")]
+    flts = [
+        AuditFilter(),
+        AuditFilter.parse(action="runbook.*", namespace="production"),
+        AuditFilter.parse(user="late@example.com"),
+    ]
     with demo.connect() as conn:
         before = [query.count(conn, f) for f in flts]
     with demo.begin() as conn:
@@ -139,8 +152,11 @@ def test_preview_pages_walk_everything_newest_first(demo: Engine, limit: int) ->
         for name, flt in filters(rows)[:6] + filters(rows)[-2:]:
             if limit == 1 and name != "user family range":
                 continue
-            want = sorted((r for r in rows if matches(flt, r)),
-                          key=lambda r: (r["ts"], r["seq"]), reverse=True)
+            want = sorted(
+                (r for r in rows if matches(flt, r)),
+                key=lambda r: (r["ts"], r["seq"]),
+                reverse=True,
+            )
             got: list[dict] = []
             token = None
             while True:
@@ -165,8 +181,11 @@ def test_stream_is_in_timestamp_then_key_order(demo: Engine, batch: int) -> None
     with demo.connect() as conn:
         upto = query.max_seq(conn)
         for name, flt in filters(rows):
-            want = [export_tuple(r) for r in sorted(rows, key=lambda r: (r["ts"], r["seq"]))
-                    if matches(flt, r)]
+            want = [
+                export_tuple(r)
+                for r in sorted(rows, key=lambda r: (r["ts"], r["seq"]))
+                if matches(flt, r)
+            ]
             batches = list(query.stream(conn, flt, upto, batch=batch))
             assert all(0 < len(b) <= batch for b in batches)
             assert [t for b in batches for t in b] == want, name
@@ -198,7 +217,8 @@ def test_facets_summary_histogram_distinct(demo: Engine) -> None:
             hn = query.histogram(conn, flt, bucket="day", by="namespace")
             assert sum(n for _, _, n in hn) == len(sel)
             assert query.distinct_values(conn, "namespace", flt) == sorted(
-                {r["namespace"] for r in sel})
+                {r["namespace"] for r in sel}
+            )
             first = min(sel, key=lambda r: (r["ts"], r["seq"]))["timestamp"] if sel else None
             assert query.first_timestamp(conn, flt) == first
         assert query.max_seq(conn) == max(r["seq"] for r in rows)
@@ -232,4 +252,5 @@ def test_timestamps_format_round_trip(demo: Engine) -> None:
     for r in rows[:50]:
         assert format_instant(from_micros(r["ts"])) == r["timestamp"]
     assert timedelta(0) <= from_micros(max(r["ts"] for r in rows)) - from_micros(
-        min(r["ts"] for r in rows))
+        min(r["ts"] for r in rows)
+    )

@@ -58,8 +58,14 @@ def test_log_event_continues_the_daily_sequence(engine: Engine) -> None:
     when = datetime(2026, 3, 1, 12, tzinfo=UTC)
     with engine.begin() as conn:
         event = store.log_event(
-            conn, action="audit.export", user="cli:root", role="admin", resource="x",
-            resource_type="AuditExport", namespace="audit-portal", when=when,
+            conn,
+            action="audit.export",
+            user="cli:root",
+            role="admin",
+            resource="x",
+            resource_type="AuditExport",
+            namespace="audit-portal",
+            when=when,
         )
     assert event.id == "audit-20260301-008"
     assert event.checksum == compute_checksum(event.as_dict())
