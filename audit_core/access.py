@@ -161,14 +161,16 @@ def _require_admin(actor: Principal, what: str) -> None:
         raise AccessDenied(f"only an administrator may {what}")
 
 
-def _log(
+def record(
     conn: Connection,
-    settings_ns: str,
+    namespace: str,
     actor: Principal,
+    *,
     action: str,
     resource: str,
     resource_type: str,
 ) -> None:
+    """Write one of the portal's own audit records, acted by `actor` (who, role, address)."""
     store.log_event(
         conn,
         action=action,
@@ -176,7 +178,7 @@ def _log(
         role=actor.role,
         resource=resource,
         resource_type=resource_type,
-        namespace=settings_ns,
+        namespace=namespace,
         source_ip=actor.source_ip,
     )
 
@@ -229,13 +231,13 @@ def upsert_user(
             conn.execute(insert(USERS).values(email=email, created_at=now, **values))
         else:
             conn.execute(update(USERS).where(USERS.c.email == email).values(**values))
-        _log(
+        record(
             conn,
             ns,
             actor,
-            "portal.user.change",
-            f"{email}: {_describe(old, role, grants, True)}",
-            "PortalUser",
+            action="portal.user.change",
+            resource=f"{email}: {_describe(old, role, grants, True)}",
+            resource_type="PortalUser",
         )
         info = _get_user(conn, email)
     assert info is not None
@@ -263,13 +265,13 @@ def remove_user(
             .where(USERS.c.email == email)
             .values(active=False, updated_at=datetime.now(UTC))
         )
-        _log(
+        record(
             conn,
             ns,
             actor,
-            "portal.user.change",
-            f"{email}: removed; {_describe(old, None, 'none', False)}",
-            "PortalUser",
+            action="portal.user.change",
+            resource=f"{email}: removed; {_describe(old, None, 'none', False)}",
+            resource_type="PortalUser",
         )
         info = _get_user(conn, email)
     assert info is not None
@@ -319,13 +321,15 @@ def _bootstrap_admin(engine: Engine, email: str, settings: Settings, source_ip: 
             )
         )
         who = Principal(email, "admin", None, source_ip)
-        _log(
+        record(
             conn,
             settings.self_namespace,
             who,
-            "portal.user.change",
-            f"{email}: {_describe(None, 'admin', None, True)} (bootstrap from AUDIT_ADMINS)",
-            "PortalUser",
+            action="portal.user.change",
+            resource=(
+                f"{email}: {_describe(None, 'admin', None, True)} (bootstrap from AUDIT_ADMINS)"
+            ),
+            resource_type="PortalUser",
         )
         user = _get_user(conn, email)
     assert user is not None
@@ -421,13 +425,13 @@ def create_token(
                 expires_at=expires,
             )
         )
-        _log(
+        record(
             conn,
             _self_namespace(settings),
             actor,
-            "portal.token.create",
-            f"{prefix} for {email}, expires {expires:%Y-%m-%dT%H:%M:%SZ}",
-            "ApiToken",
+            action="portal.token.create",
+            resource=f"{prefix} for {email}, expires {expires:%Y-%m-%dT%H:%M:%SZ}",
+            resource_type="ApiToken",
         )
         row = conn.execute(select(TOKENS).where(TOKENS.c.prefix == prefix)).one()
     return plaintext, _token(row)
@@ -501,13 +505,13 @@ def revoke_token(
         conn.execute(
             update(TOKENS).where(TOKENS.c.prefix == key).values(revoked_at=datetime.now(UTC))
         )
-        _log(
+        record(
             conn,
             _self_namespace(settings),
             actor,
-            "portal.token.revoke",
-            f"{key} for {row.email}",
-            "ApiToken",
+            action="portal.token.revoke",
+            resource=f"{key} for {row.email}",
+            resource_type="ApiToken",
         )
         row = conn.execute(select(TOKENS).where(TOKENS.c.prefix == key)).one()
     return _token(row)
@@ -551,15 +555,13 @@ def denied(
 def signed_in(engine: Engine, principal: Principal, settings: Settings) -> None:
     """Write one portal.signin record for a person who signed in to the portal."""
     with engine.begin() as conn:
-        store.log_event(
+        record(
             conn,
+            settings.self_namespace,
+            principal,
             action="portal.signin",
-            user=principal.email,
-            role=principal.role,
             resource=f"{principal.email}: namespaces {grants_text(principal.namespaces)}",
             resource_type="PortalUser",
-            namespace=settings.self_namespace,
-            source_ip=principal.source_ip,
         )
 
 

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from . import access, jobs, links, openapi, portal, service, store
+from . import access, jobs, links, openapi, portal, service
 from .access import AccessDenied, Principal, Unauthorized
 from .filters import MAX_PARAM, AuditFilter, FilterError, parse_format
 from .formats import CONTENT_TYPES, filename
@@ -336,15 +336,13 @@ def _open_and_record(ctx: Context, job: jobs.JobInfo, who: Principal) -> BinaryI
         ) from None
     try:
         with ctx.engine.begin() as conn:
-            store.log_event(
+            access.record(
                 conn,
+                ctx.settings.self_namespace,
+                who,
                 action="audit.export.download",
-                user=who.email,
-                role=who.role,
                 resource=f"{job.job_id} ({job.format}, {job.rows_written} rows)",
                 resource_type="ExportJob",
-                namespace=ctx.settings.self_namespace,
-                source_ip=who.source_ip,
             )
     except BaseException:
         fh.close()

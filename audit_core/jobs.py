@@ -24,7 +24,7 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, Row, Table, func, insert, select, update
 
-from . import export, store
+from . import access, export, store
 from .access import AccessDenied, Principal
 from .config import Settings
 from .filters import AuditFilter
@@ -156,15 +156,13 @@ def enqueue(
                 attempts=0,
             )
         )
-        store.log_event(
+        access.record(
             conn,
+            settings.self_namespace,
+            who,
             action="audit.export.queue",
-            user=who.email,
-            role=who.role,
             resource=job_id,
             resource_type="ExportJob",
-            namespace=settings.self_namespace,
-            source_ip=who.source_ip,
         )
         row = conn.execute(select(*_INFO_COLUMNS).where(J.c.job_id == job_id)).one()
     return _info(row)
@@ -213,15 +211,13 @@ def cancel(engine: Engine, job_id: str, who: Principal, settings: Settings) -> J
             if job is None:
                 raise JobNotFound(job_id)
             raise JobNotCancellable(job_id, job.state)
-        store.log_event(
+        access.record(
             conn,
+            settings.self_namespace,
+            who,
             action="audit.job.cancel",
-            user=who.email,
-            role=who.role,
             resource=job_id,
             resource_type="ExportJob",
-            namespace=settings.self_namespace,
-            source_ip=who.source_ip,
         )
         job = get_for(conn, job_id, who)
     assert job is not None

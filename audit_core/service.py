@@ -14,7 +14,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Engine
 
-from . import export, query, store
+from . import access, export, query
 from .access import AccessDenied, Principal, scope
 from .config import Settings
 from .filters import AuditFilter
@@ -149,13 +149,11 @@ def record_export(
     """Write the audit.export record for an export that was handed out."""
     check_plan(who, plan)
     with engine.begin() as conn:
-        store.log_event(
+        access.record(
             conn,
+            settings.self_namespace,
+            who,
             action="audit.export",
-            user=who.email,
-            role=who.role,
             resource=f"{channel} {plan.fmt} {plan.total} rows; {plan.filter.describe()}",
             resource_type="AuditExport",
-            namespace=settings.self_namespace,
-            source_ip=who.source_ip,
         )
