@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import streamlit as st
 
 from audit_core import access, jobs, views
@@ -44,22 +46,14 @@ def _users(who: Principal) -> None:
             st.rerun()
     active = [u.email for u in users if u.active]
     if active:
-        c_pick, c_go = st.columns([4, 1])
-        gone = c_pick.selectbox(
+        _pick_and_act(
             "Remove a user",
             active,
-            index=None,
-            key="admin_remove_pick",
-            placeholder="choose a user",
+            "admin_remove",
+            "choose a user",
+            "Remove",
+            lambda email: access.remove_user(ctx.engine, email, who, settings=ctx.settings),
         )
-        c_go.write("")
-        if c_go.button("Remove", key="admin_remove", disabled=gone is None):
-            try:
-                access.remove_user(ctx.engine, gone or "", who, settings=ctx.settings)
-            except (access.UserError, access.AccessDenied) as exc:
-                st.error(str(exc))
-            else:
-                st.rerun()
 
 
 def _tokens(who: Principal) -> None:
@@ -98,22 +92,37 @@ def _tokens(who: Principal) -> None:
     st.dataframe(views.tokens_frame(tokens), hide_index=True, width="stretch")
     live = [t.prefix for t in tokens if t.revoked_at is None]
     if live:
-        c_pick, c_go = st.columns([4, 1])
-        prefix = c_pick.selectbox(
+        _pick_and_act(
             "Revoke a token",
             live,
-            index=None,
-            key="admin_revoke_pick",
-            placeholder="choose a token prefix",
+            "admin_revoke",
+            "choose a token prefix",
+            "Revoke",
+            lambda prefix: access.revoke_token(ctx.engine, prefix, who, settings=ctx.settings),
         )
-        c_go.write("")
-        if c_go.button("Revoke", key="admin_revoke", disabled=prefix is None):
-            try:
-                access.revoke_token(ctx.engine, prefix or "", who, settings=ctx.settings)
-            except (access.UserError, access.AccessDenied) as exc:
-                st.error(str(exc))
-            else:
-                st.rerun()
+
+
+def _pick_and_act(
+    label: str,
+    options: list[str],
+    key: str,
+    placeholder: str,
+    button: str,
+    act: Callable[[str], object],
+) -> None:
+    """A picker with a button beside it; the library call's refusal shows as an error."""
+    c_pick, c_go = st.columns([4, 1])
+    chosen = c_pick.selectbox(
+        label, options, index=None, key=f"{key}_pick", placeholder=placeholder
+    )
+    c_go.write("")
+    if c_go.button(button, key=key, disabled=chosen is None):
+        try:
+            act(chosen or "")
+        except (access.UserError, access.AccessDenied) as exc:
+            st.error(str(exc))
+        else:
+            st.rerun()
 
 
 def _settings(who: Principal) -> None:

@@ -6,7 +6,7 @@ from sqlalchemy import Engine, delete, insert, select, update
 
 from audit_core.integrity import verify
 from audit_core.models import AuditRecord
-from audit_core.record import compute_checksum
+from audit_core.record import CHECKED_FIELDS, compute_checksum
 
 from .conftest import add_demo
 
@@ -42,20 +42,7 @@ def test_an_edit_with_a_recomputed_checksum_breaks_the_chain(engine: Engine) -> 
     add_demo(engine, 50)
     with engine.connect() as conn:
         row = conn.execute(select(T).order_by(T.c.seq).offset(10).limit(1)).one()._mapping
-    fields = {
-        k: row[k]
-        for k in (
-            "id",
-            "timestamp",
-            "action",
-            "user",
-            "role",
-            "resource",
-            "resourceType",
-            "namespace",
-            "sourceIP",
-        )
-    }
+    fields = {k: row[k] for k in CHECKED_FIELDS}
     fields["user"] = "mallory@evil.com"
     with engine.begin() as conn:
         conn.execute(
