@@ -129,9 +129,11 @@ async def _authenticate(request: Request, ctx: Context) -> Principal:
     token = access.bearer_token(header)
     if not token:
         raise Unauthorized("the Authorization header must be: Bearer <token>")
-    return await run_in_threadpool(
+    who: Principal = await run_in_threadpool(
         access.authenticate_token, ctx.engine, token, _client_ip(request)
     )
+    request.state.principal = who  # for the access-denied record, should one follow
+    return who
 
 
 async def _signed(request: Request, ctx: Context, job_id: str) -> Principal:
@@ -151,6 +153,7 @@ async def _signed(request: Request, ctx: Context, job_id: str) -> Principal:
         who = replace(access.LOCAL_ADMIN, source_ip=_client_ip(request))
     if who is None:
         raise Unauthorized("the person this link was signed for no longer has access")
+    request.state.principal = who
     return who
 
 
@@ -425,6 +428,16 @@ class ApiMiddleware:
         await self.app(scope, receive, send)
 
 
+def _record_denied(request: Request, message: str) -> None:
+    """Write portal.access_denied for an authenticated caller the grants refused (403)."""
+    who = getattr(request.state, "principal", None)
+    if not isinstance(who, Principal):
+        return
+    ctx = _context()
+    what = f"api {request.url.path[:200]}: {message}"
+    access.denied(ctx.engine, who.email, who.role, what, who.source_ip, ctx.settings)
+
+
 def _endpoint(
     handler: Handler, limiter: StreamLimiter, *, needs_context: bool = True
 ) -> Callable[..., Any]:
@@ -450,6 +463,7 @@ def _endpoint(
             response = error_response(401, "Unauthorized", str(e), {"WWW-Authenticate": challenge})
         except AccessDenied as e:
             response = error_response(403, "Forbidden", str(e))
+            await run_in_threadpool(_record_denied, request, str(e))
         except FilterError as e:
             response = error_response(400, "BadRequest", str(e))
         except jobs.TooManyJobs as e:

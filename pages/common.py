@@ -81,6 +81,18 @@ def frame(*, admins_only: bool = False) -> Principal:
     return who
 
 
+def refused(who: Principal, message: str, what: str) -> None:
+    """Show a refusal beside the widget and audit it once per session and message."""
+    st.error(message)
+    seen: set[str] = st.session_state.setdefault("portal_refusals", set())
+    if message not in seen:
+        seen.add(message)
+        c = ctx()
+        access.denied(
+            c.engine, who.email, who.role, f"ui {what}: {message}", who.source_ip, c.settings
+        )
+
+
 # --------------------------------------------------------------------------
 # Cached reads, keyed by database, principal and filter (never by session).
 # --------------------------------------------------------------------------

@@ -264,7 +264,7 @@ def _export(who: Principal, flt: AuditFilter, total: int) -> None:
         except jobs.TooManyJobs as exc:
             st.warning(str(exc))
         except AccessDenied as exc:
-            st.error(str(exc))
+            common.refused(who, str(exc), "queue export")
         else:
             st.success(f"Queued {job.job_id}: {plan.total:,} records as {FMT_LABELS[plan.fmt]}.")
     st.page_link("pages/exports.py", label="Follow your exports", icon=":material/download:")
@@ -280,7 +280,7 @@ if flt is None:
 try:
     data = common.explore(who, flt)
 except AccessDenied as exc:
-    st.error(str(exc))
+    common.refused(who, str(exc), "explore")
     st.stop()
 s = data.summary
 _summary(s, flt)

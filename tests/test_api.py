@@ -364,6 +364,12 @@ def test_role_and_namespace_grants_are_forbidden(api: Api) -> None:
     status(api.get("/audit/export", api.viewer, to=TO), 403, "Forbidden")
     resp = api.get("/audit/export", api.auditor, to=TO, namespace="staging")
     assert "staging" in status(resp, 403, "Forbidden")["message"]
+    # Each refusal is itself audited, once, with who asked and what for.
+    denied = audit_rows(api.engine, "portal.access_denied")
+    assert len(denied) == 2
+    assert denied[1].resource.startswith("api /api/v1/audit/export: ")
+    assert "staging" in denied[1].resource
+    assert denied[1].namespace == "audit-portal"
 
 
 @pytest.mark.parametrize(

@@ -322,6 +322,8 @@ def test_a_viewer_asking_for_another_namespace_is_told_no(
     no_exception(at)
     assert any("no access to namespace payments" in e.value for e in at.error)
     assert not at.metric
+    at.run()  # the same refusal again in this session is not audited twice
+    assert actions(engine, "portal.access_denied") == ["vera@example.com"]
 
 
 def test_auditors_get_downloads(portal_env: Settings, engine: Engine) -> None:
