@@ -49,7 +49,7 @@ def max_seq(conn: Connection) -> int:
 
 
 def _count_stmt(
-    conn: Connection, flt: AuditFilter, upto_seq: int | None, after_seq: int | None = None
+    flt: AuditFilter, upto_seq: int | None, after_seq: int | None = None
 ) -> Select[Any]:
     """COUNT(*) of flt among keys (after_seq, upto_seq].
 
@@ -107,7 +107,7 @@ def count(conn: Connection, flt: AuditFilter, upto_seq: int | None = None) -> in
     """
     db = conn.engine.url
     if db.get_backend_name() == "sqlite" and db.database in (None, "", ":memory:"):
-        return int(conn.execute(_count_stmt(conn, flt, upto_seq)).scalar() or 0)
+        return int(conn.execute(_count_stmt(flt, upto_seq)).scalar() or 0)
     key = (db.render_as_string(hide_password=True), flt)
     with _count_lock:
         hit = _COUNT_CACHE.get(key)
@@ -115,17 +115,17 @@ def count(conn: Connection, flt: AuditFilter, upto_seq: int | None = None) -> in
     if hit is not None and hit.seq <= head and _chain_at(conn, hit.seq) == hit.chain:
         n = hit.n
         if head > hit.seq:
-            n += int(conn.execute(_count_stmt(conn, flt, head, hit.seq)).scalar() or 0)
+            n += int(conn.execute(_count_stmt(flt, head, hit.seq)).scalar() or 0)
     elif upto_seq is None:
         # One statement, one snapshot: the count and the highest key it covers.
         stmt = select(
-            _count_stmt(conn, flt, None).scalar_subquery(),
+            _count_stmt(flt, None).scalar_subquery(),
             select(func.max(T.c.seq)).scalar_subquery(),
         )
         n_, head_ = conn.execute(stmt).one()
         n, head = int(n_ or 0), int(head_ or 0)
     else:
-        n = int(conn.execute(_count_stmt(conn, flt, head)).scalar() or 0)
+        n = int(conn.execute(_count_stmt(flt, head)).scalar() or 0)
     chain = hit.chain if hit is not None and hit.seq == head else _chain_at(conn, head)
     if chain is not None:
         with _count_lock:
@@ -252,7 +252,7 @@ def summary(conn: Connection, flt: AuditFilter) -> Summary:
     ).one()
     first = last = None
     if row[0]:
-        first = conn.execute(select(T.c.timestamp).where(where).order_by(T.c.ts).limit(1)).scalar()
+        first = first_timestamp(conn, flt)
         last = conn.execute(
             select(T.c.timestamp).where(where).order_by(T.c.ts.desc()).limit(1)
         ).scalar()
@@ -297,7 +297,7 @@ def explain(conn: Connection, flt: AuditFilter) -> list[tuple[str, str]]:
     out = []
     raw: Any = conn.connection.driver_connection
     statements = (
-        ("count", _count_stmt(conn, flt, None)),
+        ("count", _count_stmt(flt, None)),
         ("newest 500", _preview_stmt(conn, flt, 500, None)),
     )
     for op, stmt in statements:

@@ -99,7 +99,12 @@ def check_plan(who: Principal, plan: export.ExportPlan) -> None:
 
 def is_immediate(plan: export.ExportPlan, settings: Settings) -> bool:
     """True when the export is small enough to build on the spot (the seed's 10,000 rule)."""
-    return plan.total <= settings.sync_export_limit
+    return fits_immediate(plan.total, settings)
+
+
+def fits_immediate(total: int, settings: Settings) -> bool:
+    """The seed's rule on a count: at or under AUDIT_SYNC_EXPORT_LIMIT is built on the spot."""
+    return total <= settings.sync_export_limit
 
 
 def export_chunks(

@@ -20,7 +20,7 @@ from . import query, service
 from .access import AccessDenied, Principal
 from .config import Settings
 from .filters import AuditFilter, FilterError
-from .record import FIELDS, compute_checksum
+from .record import FIELDS, compute_checksum, parse_instant
 from .worker import THREAD_NAME
 
 T = TypeVar("T")
@@ -128,8 +128,7 @@ def action_options(actions: Iterable[str], keep: Iterable[str] = ()) -> list[str
         if len(members) > 1 or members[0] != fam:
             out.append(f"{fam}.*")
         out.extend(members)
-    out.extend(v for v in keep if v not in out)
-    return out
+    return with_kept(out, keep)
 
 
 def action_label(option: str) -> str:
@@ -173,12 +172,8 @@ def bucket_for(first: str | None, last: str | None) -> str:
     """Hourly bars for up to three days of records, daily beyond."""
     if not first or not last:
         return "day"
-    span = _instant(last) - _instant(first)
+    span = parse_instant(last) - parse_instant(first)
     return "hour" if span.total_seconds() <= 3 * 86_400 else "day"
-
-
-def _instant(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def human_size(size: int | None) -> str:

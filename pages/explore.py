@@ -232,7 +232,7 @@ def _export(who: Principal, flt: AuditFilter, total: int) -> None:
     ctx = common.ctx()
     limit = ctx.settings.sync_export_limit
     st.subheader("Export")
-    if total <= limit:
+    if service.fits_immediate(total, ctx.settings):
         st.caption(f"{total:,} records: download them now. Files are built when you click.")
         today = datetime.now(UTC)
         cols = st.columns(3)

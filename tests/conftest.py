@@ -14,6 +14,7 @@ from audit_core import store
 from audit_core.config import Settings
 from audit_core.db import make_engine, migrate
 from audit_core.demo import generate
+from audit_core.record import compute_checksum
 
 PG_ADMIN_URL = os.environ.get(
     "AUDIT_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -104,6 +105,24 @@ def env(settings: Settings) -> dict[str, str]:
         AUDIT_SECRET_KEY=settings.secret_key,
     )
     return out
+
+
+def seed_record(n: int, **over: str) -> dict[str, str]:
+    """The seed's first example record as the nth of 2026-03-01, with its checksum."""
+    r = {
+        "id": f"audit-20260301-{n:03d}",
+        "timestamp": f"2026-03-01T00:{n % 60:02d}:00Z",
+        "action": "runbook.create",
+        "user": "admin@empresa.com",
+        "role": "admin",
+        "resource": "runbook-disk-cleanup",
+        "resourceType": "Runbook",
+        "namespace": "production",
+        "sourceIP": "10.0.1.10",
+    }
+    r.update(over)
+    r["checksum"] = compute_checksum(r)
+    return r
 
 
 def add_demo(engine: Engine, n: int, seed: int = 1) -> int:

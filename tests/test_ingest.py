@@ -14,28 +14,10 @@ from audit_core.filters import AuditFilter
 from audit_core.formats import csv_chunks
 from audit_core.integrity import verify
 from audit_core.models import AuditRecord
-from audit_core.record import compute_checksum
 
-from .conftest import add_demo
+from .conftest import add_demo, seed_record
 
 T = AuditRecord.__table__
-
-
-def seed_record(n: int, **over: str) -> dict[str, str]:
-    r = {
-        "id": f"audit-20260301-{n:03d}",
-        "timestamp": f"2026-03-01T00:{n:02d}:00Z",
-        "action": "runbook.create",
-        "user": "admin@empresa.com",
-        "role": "admin",
-        "resource": "runbook-disk-cleanup",
-        "resourceType": "Runbook",
-        "namespace": "production",
-        "sourceIP": "10.0.1.10",
-    }
-    r.update(over)
-    r["checksum"] = compute_checksum(r)
-    return r
 
 
 def total(engine: Engine) -> int:

@@ -8,25 +8,13 @@ from sqlalchemy import Engine, select
 from audit_core import store
 from audit_core.integrity import verify
 from audit_core.models import AuditRecord
-from audit_core.record import compute_checksum, normalize
+from audit_core.record import Record, compute_checksum, normalize
 
-from .conftest import add_demo
+from .conftest import add_demo, seed_record
 
 
-def rec(n: int, **over: str):
-    fields = {
-        "id": f"audit-20260301-{n:03d}",
-        "timestamp": f"2026-03-01T00:{n % 60:02d}:00Z",
-        "action": "runbook.create",
-        "user": "admin@empresa.com",
-        "role": "admin",
-        "resource": "runbook-disk-cleanup",
-        "resourceType": "Runbook",
-        "namespace": "production",
-        "sourceIP": "10.0.1.10",
-    }
-    fields.update(over)
-    return normalize(fields)
+def rec(n: int, **over: str) -> Record:
+    return normalize(seed_record(n, **over))
 
 
 def test_append_links_chain_and_verify_passes(engine: Engine) -> None:
