@@ -130,12 +130,16 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     """Check every checksum and the hash chain; exit 1 naming the first bad row."""
     engine = open_engine(settings)
+    if args.recount:
+        with engine.begin() as conn:
+            store.rebuild_day_counts(conn)
+        print("day counts rebuilt from the records")
     with engine.connect() as conn:
         result = verify(conn)
     if result.ok:
-        print(f"ok: {result.checked} records, checksums and hash chain intact")
+        print(f"ok: {result.checked} records, checksums, hash chain and day counts intact")
         return 0
-    where = f"record {result.bad_id}" if result.bad_id else "end of the log"
+    where = f"record {result.bad_id}" if result.bad_id else result.place
     print(f"FAILED at {where}: {result.reason} ({result.checked} records verified before it)")
     return 1
 
@@ -225,7 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", help="file to write (default stdout)")
     e.set_defaults(func=cmd_export)
 
-    v = sub.add_parser("verify", help="check checksums and the hash chain")
+    v = sub.add_parser("verify", help="check checksums, the hash chain and the day counts")
+    v.add_argument(
+        "--recount", action="store_true", help="first rebuild the day counts from the records"
+    )
     v.set_defaults(func=cmd_verify)
 
     _add_later_commands(sub)

@@ -5,17 +5,18 @@ compares them on adversarial values). The plain path is `formats.csv_chunks /
 jsonl_chunks / json_chunks` over `query.stream`; the fast paths move the per-cell work
 into the database and hand Python one finished line per row:
 
-- SQLite CSV: the SELECT neutralises formula cells and applies Python csv's minimal
-  quoting (quote a cell holding `,` `"` CR or LF, doubling `"`), joins the cells with
-  `,`, and returns the line as a BLOB (UTF-8 bytes, no decode/encode round trip);
-  Python joins each batch with CRLF.
+- SQLite CSV: the SELECT joins each row's raw cells with byte 0xFF into one BLOB (0xFD
+  first when a free-text cell might need neutralising); a batch without 0xFD, `,` `"`
+  CR or LF is written with two `bytes.replace` calls, any other batch cell by cell.
+  Through pysqlite3 (db.sqlite_module) the string building runs on SQLite 3.51.
 - SQLite JSON / JSON Lines: `json_object(...)` builds each record with the seed's keys
   in the seed's order; its escaping equals orjson's (`\\"`, `\\\\`, `\\b\\f\\n\\r\\t`,
   other controls as lowercase `\\u00xx`, everything else raw UTF-8).
-- PostgreSQL CSV: `COPY (SELECT ...) TO STDOUT (FORMAT csv)` through psycopg, with the
-  neutralisation in the SELECT and empty cells sent as NULL (COPY quotes an empty
-  string, Python's csv does not). COPY ends rows with LF; every COPY row arrives as
-  one message, so CRLF is restored exactly at row ends, never inside a quoted cell.
+- PostgreSQL CSV: `COPY (SELECT <plain columns> ...) TO STDOUT (FORMAT csv)` through
+  libpq, exactly the floor's query: COPY's quoting is Python csv's once empty cells are
+  not its NULL string, and a batch that holds no '"' and no comma followed by a formula
+  lead goes out with CRLF row ends as it came (see _pg_csv).
+- PostgreSQL JSON / JSON Lines: to_json() per cell, read through the same COPY loop.
 
 Filter values are bound parameters: the WHERE clause is the AuditFilter's SQLAlchemy
 clause, compiled for the dialect, with its parameters passed to the driver.
@@ -24,7 +25,10 @@ clause, compiled for the dialect, with its parameters passed to the driver.
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import itertools
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,9 +43,6 @@ BATCH = 5_000
 PG_BATCH = 2_000  # COPY rows per yielded chunk
 # Columns whose values are free text (neutralised in CSV); matches formats._FREE_TEXT.
 _FREE_TEXT = tuple(f for f in FIELDS if f not in ("id", "timestamp", "checksum"))
-# ascii(): the code point of the first character (0 for ''); formula leads are all ASCII:
-# = + - @ TAB CR LF '
-_LEAD_PG = "(61,43,45,64,9,13,10,39)"
 
 
 def _q(name: str) -> str:
@@ -69,14 +70,8 @@ def _sqlite_json_object() -> str:
 
 
 def _pg_copy_columns() -> str:
-    cols = []
-    for f in FIELDS:
-        v = _q(f)
-        if f in _FREE_TEXT:
-            v = f"(CASE WHEN ascii({v}) IN {_LEAD_PG} THEN '''' || {v} ELSE {v} END)"
-        # NULL prints as an unquoted empty cell, as Python's csv writes ''.
-        cols.append(f"NULLIF({v}, '')")
-    return ", ".join(cols)
+    """The plain columns: COPY's own CSV writer does all the per-cell work (see _pg_csv)."""
+    return ", ".join(_q(f) for f in FIELDS)
 
 
 def _pg_json_object() -> str:
@@ -230,12 +225,33 @@ def _pg_copy(
                 pass
 
 
+# COPY's NULL string: the columns are NOT NULL, and with any NULL string but '' COPY writes
+# an empty cell as nothing, as Python's csv does ('' would make it write "").
+_PG_CSV_OPTIONS = "FORMAT csv, NULL E'\\x01'"
+# A free-text cell that starts with a formula lead follows a comma (id comes first and is
+# never neutralised); a cell starting with CR or LF is quoted, so it holds '"'.
+_PG_LEAD = re.compile(rb",[=+\-@\t']")
+
+
 def _pg_csv(conn: Connection, flt: AuditFilter, upto_seq: int | None) -> Iterator[bytes]:
-    from .formats import CSV_HEADER
+    """CSV by COPY of the plain columns: no per-cell work on the server.
+
+    COPY's CSV writer quotes exactly the cells Python's csv quotes (a `,` `"` CR or LF)
+    once empty cells are not its NULL string. A batch with no '"' has no quoted cell, so
+    every LF is a row end; with no comma followed by a formula lead either, no cell needs
+    neutralising, and the batch goes out with CRLF row ends as it came. Any other batch
+    is parsed and written again by the plain path's writer (formats.csv_chunks).
+    """
+    from .formats import CSV_HEADER, csv_chunks
 
     yield CSV_HEADER.encode()
-    for rows in _pg_copy(conn, PG_COPY_COLUMNS, "FORMAT csv", flt, upto_seq):
-        yield _crlf(rows)
+    for rows in _pg_copy(conn, PG_COPY_COLUMNS, _PG_CSV_OPTIONS, flt, upto_seq):
+        chunk = b"".join(rows)
+        if b'"' not in chunk and _PG_LEAD.search(chunk) is None:
+            yield chunk.replace(b"\n", b"\r\n")
+        else:
+            cells = csv.reader(io.StringIO(chunk.decode(), newline=""))
+            yield from csv_chunks([[tuple(r) for r in cells]], header=False)
 
 
 def _pg_json(conn: Connection, flt: AuditFilter, upto_seq: int | None) -> Iterator[list[bytes]]:
@@ -255,18 +271,6 @@ def _pg_error(res: Any) -> Exception:
     state = res.error_field(psycopg.pq.DiagnosticField.SQLSTATE)
     cls = psycopg.errors.lookup(state.decode()) if state else psycopg.DatabaseError
     return cls(message)
-
-
-def _crlf(rows: list[Any]) -> bytes:
-    """Rows as COPY sent them (each ends with LF) -> rows ending with CRLF.
-
-    A quoted cell may hold LF itself; only each row's last byte is the row end. Without
-    any '"' in the chunk no cell is quoted, so every LF is a row end.
-    """
-    chunk = b"".join(rows)
-    if b'"' not in chunk or chunk.count(b"\n") == len(rows):
-        return chunk.replace(b"\n", b"\r\n")
-    return b"\r\n".join([r[:-1] for r in rows]) + b"\r\n"
 
 
 def csv_chunks(conn: Connection, flt: AuditFilter, upto_seq: int) -> Iterator[bytes] | None:

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, select
 
 from .models import AUDIT as T
-from .models import HEAD
+from .models import DAYS, HEAD
 from .record import FIELDS, chain_next, compute_checksum
+from .store import day_counts_from_rows
 
 BATCH = 10_000
 
@@ -19,6 +20,7 @@ class VerifyResult:
     checked: int
     bad_id: str | None = None
     reason: str | None = None
+    place: str = "end of the log"  # where it failed, when no single record is to blame
 
     @property
     def ok(self) -> bool:
@@ -60,5 +62,14 @@ def verify(conn: Connection, progress: Callable[[int], None] | None = None) -> V
             None,
             "the newest records do not reach the chain's recorded tip "
             "(records were removed from the end)",
+        )
+    stored = {(d, ns, a): n for d, ns, a, n in conn.execute(select(DAYS)).all()}
+    if stored != day_counts_from_rows(conn):
+        return VerifyResult(
+            checked,
+            None,
+            "they do not match the records, so counts shown may be wrong; "
+            "`python -m audit_core verify --recount` rebuilds them from the records",
+            place="day counts",
         )
     return VerifyResult(checked)

@@ -73,6 +73,21 @@ class AuditRecord(Base):
     )
 
 
+class DayCount(Base):
+    """Records per UTC day, namespace and action, kept by store.append (migration 0003).
+
+    A broad filter's exact count sums these for the whole days in its range and counts
+    only the partial days at its edges in the log itself (query.count).
+    """
+
+    __tablename__ = "audit_day_counts"
+
+    day: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # floor(ts / one day)
+    namespace: Mapped[str] = mapped_column(String(200), primary_key=True)
+    action: Mapped[str] = mapped_column(String(200), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+
+
 class ChainHead(Base):
     """The single row that serialises appends and remembers the chain's tip."""
 
@@ -156,6 +171,7 @@ class ApiToken(Base):
 # Typed handles on the tables for Core statements (Model.__table__ is typed as FromClause).
 AUDIT = cast(Table, AuditRecord.__table__)
 HEAD = cast(Table, ChainHead.__table__)
+DAYS = cast(Table, DayCount.__table__)
 COUNTERS = cast(Table, IdCounter.__table__)
 JOBS = cast(Table, ExportJob.__table__)
 USERS = cast(Table, PortalUser.__table__)

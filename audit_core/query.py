@@ -6,14 +6,26 @@ import base64
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
-from sqlalchemy import Connection, Select, Table, and_, bindparam, func, literal_column, or_, select
+from sqlalchemy import (
+    Connection,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    func,
+    literal_column,
+    or_,
+    select,
+    union_all,
+)
 
 from .filters import AuditFilter
-from .models import AUDIT
-from .record import FIELDS
+from .models import AUDIT, DAYS
+from .record import FIELDS, to_micros
+from .store import DAY_US
 
 T = AUDIT
 EXPORT_COLUMNS = (
@@ -53,22 +65,26 @@ def _count_stmt(
 ) -> Select[Any]:
     """COUNT(*) of flt among keys (after_seq, upto_seq].
 
-    The upper bound is written `+seq` so neither engine prefers the primary key to the
-    filter's own index (a bare `seq <= n` makes SQLite scan the whole table). With
+    Without after_seq, a filter on time, action and namespace only is counted from the
+    day counts (see _days_count_stmt); a user filter walks the user index. With
     after_seq, only the keys after it are read, through the primary key: the filter is
     applied outside a LIMITed subquery, which SQLite cannot flatten into the filter's index.
     """
     if after_seq is not None:
         assert upto_seq is not None
-        recent = (
-            select(T.c.seq, T.c.ts, T.c.action, T.c.user_lc, T.c.namespace)
-            .where(T.c.seq > after_seq, T.c.seq <= upto_seq)
-            .limit(max(upto_seq - after_seq, 1))
-            .subquery("recent")
-        )
-        # The subquery has the table's filter columns under the same names.
-        where = flt.clause(cast(Table, recent))
-        return select(func.count()).select_from(recent).where(where)
+        return _count_recent(flt, after_seq, max(upto_seq - after_seq, 1), upto_seq)
+    days = _whole_days(flt)
+    if days is not None:
+        return _days_count_stmt(flt, upto_seq, *days)
+    return _log_count_stmt(flt, upto_seq)
+
+
+def _log_count_stmt(flt: AuditFilter, upto_seq: int | None) -> Select[Any]:
+    """COUNT(*) of flt in the log itself, through the filter's own index.
+
+    The upper bound is written `+seq` so neither engine prefers the primary key to the
+    filter's own index (a bare `seq <= n` makes SQLite scan the whole table).
+    """
     stmt = select(func.count()).select_from(T)
     if flt != AuditFilter():
         # No WHERE at all when unfiltered: SQLite then counts a whole index b-tree
@@ -77,6 +93,81 @@ def _count_stmt(
     if upto_seq is not None:
         stmt = stmt.where(literal_column("+audit_records.seq") <= bindparam("upto", upto_seq))
     return stmt
+
+
+def _count_recent(
+    flt: AuditFilter, after_seq: int, limit: int, upto_seq: int | None = None
+) -> Select[Any]:
+    """COUNT(*) of flt among the keys after after_seq (at most limit of them)."""
+    keys = T.c.seq > after_seq
+    if upto_seq is not None:
+        keys = and_(keys, T.c.seq <= upto_seq)
+    recent = (
+        select(T.c.seq, T.c.ts, T.c.action, T.c.user_lc, T.c.namespace)
+        .where(keys)
+        .limit(limit)
+        .subquery("recent")
+    )
+    # The subquery has the table's filter columns under the same names.
+    return select(func.count()).select_from(recent).where(flt.clause(cast(Table, recent)))
+
+
+def _whole_days(flt: AuditFilter) -> tuple[int | None, int | None] | None:
+    """The whole UTC days [d0, d1) inside flt's range (None: unbounded on that side).
+
+    None when the day counts cannot answer flt: it names users (the day counts have no
+    user; the user index is selective anyway) or its range holds no whole day.
+    """
+    if flt.users:
+        return None
+    d0 = None if flt.start is None else -(-to_micros(flt.start) // DAY_US)
+    d1 = None if flt.end is None else to_micros(flt.end) // DAY_US
+    if d0 is not None and d1 is not None and d0 >= d1:
+        return None
+    return d0, d1
+
+
+def _days_count_stmt(
+    flt: AuditFilter, upto_seq: int | None, d0: int | None, d1: int | None
+) -> Select[Any]:
+    """Exact COUNT(*) of flt from the day counts plus the partial days at its edges.
+
+    audit_day_counts holds every stored row, kept in the rows' own transaction, so one
+    statement sees both in the same state. Its sum over the whole days [d0, d1) with
+    flt's actions and namespaces, plus the log's own count of the partial days before d0
+    and from d1 on, is the count of flt. With a snapshot bound, the rows after it that
+    the day counts already hold (found by primary key) are taken off again.
+    """
+    dims = replace(flt, start=None, end=None)
+    in_days = [dims.clause(DAYS)]
+    if d0 is not None:
+        in_days.append(DAYS.c.day >= d0)
+    if d1 is not None:
+        in_days.append(DAYS.c.day < d1)
+    terms: list[Any] = [
+        select(func.coalesce(func.sum(DAYS.c.n), 0)).where(*in_days).scalar_subquery()
+    ]
+    if d0 is not None and flt.start is not None and to_micros(flt.start) < d0 * DAY_US:
+        edge = _log_count_stmt(dims, upto_seq).where(
+            T.c.ts >= to_micros(flt.start), T.c.ts < d0 * DAY_US
+        )
+        terms.append(edge.scalar_subquery())
+    if d1 is not None and flt.end is not None and d1 * DAY_US < to_micros(flt.end):
+        edge = _log_count_stmt(dims, upto_seq).where(
+            T.c.ts >= d1 * DAY_US, T.c.ts < to_micros(flt.end)
+        )
+        terms.append(edge.scalar_subquery())
+    if upto_seq is not None:
+        recent = _count_recent(dims, upto_seq, 2**62)
+        if d0 is not None:
+            recent = recent.where(literal_column("recent.ts") >= d0 * DAY_US)
+        if d1 is not None:
+            recent = recent.where(literal_column("recent.ts") < d1 * DAY_US)
+        terms.append(-recent.scalar_subquery())
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return select(total)
 
 
 @dataclass(frozen=True)
@@ -245,7 +336,7 @@ def summary(conn: Connection, flt: AuditFilter) -> Summary:
 
     row = conn.execute(
         select(
-            scalar(func.count()),
+            _count_stmt(flt, None).scalar_subquery(),
             scalar(func.count(T.c.user_lc.distinct())),
             scalar(func.count(T.c.action.distinct())),
         )
@@ -262,14 +353,55 @@ def summary(conn: Connection, flt: AuditFilter) -> Summary:
 BUCKETS = {"hour": 3_600_000_000, "day": 86_400_000_000}
 
 
+def _bucket(ts: Any, width: int) -> Any:
+    """floor(ts / width) on both engines (integer division truncates toward zero)."""
+    return (ts - ((ts % width) + width) % width) // width
+
+
 def histogram(
     conn: Connection, flt: AuditFilter, *, bucket: str = "day", by: str = "family"
 ) -> list[tuple[int, str, int]]:
-    """Counts per time bucket (start in µs since the epoch) and action family or namespace."""
+    """Counts per time bucket (start in µs since the epoch) and action family or namespace.
+
+    Daily counts of a filter without users come from the day counts for the whole days
+    and from the log for the partial days at the range's edges, in one statement.
+    """
     width = BUCKETS[bucket]
     key_col = T.c.namespace if by == "namespace" else T.c.action
-    b = T.c.ts // width
-    stmt = select(b.label("b"), key_col, func.count()).where(_where(flt, None)).group_by(b, key_col)
+    days = _whole_days(flt) if bucket == "day" else None
+    if days is None:
+        b = _bucket(T.c.ts, width)
+        stmt: Any = (
+            select(b.label("b"), key_col, func.count())
+            .where(_where(flt, None))
+            .group_by(b, key_col)
+        )
+    else:
+        d0, d1 = days
+        dims = replace(flt, start=None, end=None)
+        day_key = DAYS.c.namespace if by == "namespace" else DAYS.c.action
+        in_days = [dims.clause(DAYS)]
+        in_days += [DAYS.c.day >= d0] if d0 is not None else []
+        in_days += [DAYS.c.day < d1] if d1 is not None else []
+        parts = [
+            select(DAYS.c.day, day_key, func.sum(DAYS.c.n))
+            .where(*in_days)
+            .group_by(DAYS.c.day, day_key)
+        ]
+        b = _bucket(T.c.ts, width)
+        edges = []
+        if d0 is not None and flt.start is not None:
+            edges.append((to_micros(flt.start), d0 * DAY_US))
+        if d1 is not None and flt.end is not None:
+            edges.append((d1 * DAY_US, to_micros(flt.end)))
+        for lo, hi in edges:
+            if lo < hi:
+                parts.append(
+                    select(b, key_col, func.count())
+                    .where(dims.clause(T), T.c.ts >= lo, T.c.ts < hi)
+                    .group_by(b, key_col)
+                )
+        stmt = union_all(*parts) if len(parts) > 1 else parts[0]
     folded: dict[tuple[int, str], int] = {}
     for bk, key, n in conn.execute(stmt).all():
         name = str(key).split(".", 1)[0] if by == "family" else str(key)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 
 from .models import AUDIT as T
-from .models import COUNTERS, HEAD
+from .models import COUNTERS, DAYS, HEAD
 from .record import ID_RE, Record, chain_next, compute_checksum, format_instant, normalize
 
 INSERT_BATCH = 5_000
+DAY_US = 86_400_000_000  # one UTC day in the ts unit (microseconds)
 
 
 class ConflictError(ValueError):
@@ -98,6 +101,7 @@ def append(conn: Connection, records: Iterable[Record]) -> int:
         if rows:
             conn.execute(insert(T), rows)
             _raise_counters(conn, batch)
+            _add_day_counts(conn, rows)
             added += len(rows)
         batch.clear()
 
@@ -112,6 +116,43 @@ def append(conn: Connection, records: Iterable[Record]) -> int:
             update(HEAD).where(HEAD.c.id == 1).values(last_seq=last_seq, last_hash=last_hash)
         )
     return added
+
+
+def _add_day_counts(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Add the rows to audit_day_counts (same transaction, so counts match the rows)."""
+    counts = Counter((int(r["ts"]) // DAY_US, r["namespace"], r["action"]) for r in rows)
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as upsert  # type: ignore[assignment]
+    stmt = upsert(DAYS)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[DAYS.c.day, DAYS.c.namespace, DAYS.c.action],
+        set_={"n": DAYS.c.n + stmt.excluded.n},
+    )
+    conn.execute(
+        stmt, [{"day": d, "namespace": ns, "action": a, "n": n} for (d, ns, a), n in counts.items()]
+    )
+
+
+def _day_counts_select() -> Any:
+    day = (T.c.ts - ((T.c.ts % DAY_US) + DAY_US) % DAY_US) // DAY_US  # floor, both engines
+    return select(day, T.c.namespace, T.c.action, func.count()).group_by(
+        day, T.c.namespace, T.c.action
+    )
+
+
+def day_counts_from_rows(conn: Connection) -> dict[tuple[int, str, str], int]:
+    """What audit_day_counts should hold, counted from the rows themselves."""
+    return {(int(d), ns, a): int(n) for d, ns, a, n in conn.execute(_day_counts_select()).all()}
+
+
+def rebuild_day_counts(conn: Connection) -> None:
+    """Recompute audit_day_counts from the rows (after rows were loaded around append)."""
+    conn.execute(delete(DAYS))
+    conn.execute(
+        insert(DAYS).from_select(["day", "namespace", "action", "n"], _day_counts_select())
+    )
 
 
 def _row(r: Record, chain: str) -> dict[str, object]:

@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from audit_core import query  # noqa: E402
+from audit_core import query, store  # noqa: E402
 from audit_core.db import make_engine, migrate  # noqa: E402
 from audit_core.filters import AuditFilter  # noqa: E402
 from audit_core.record import FIELDS, format_instant, from_micros  # noqa: E402
@@ -116,7 +116,6 @@ def ensure_pg(db: Path, n: int, regenerate: bool) -> str:
     t = time.perf_counter()
     eng = make_engine(pg_url(n, "postgresql+psycopg"))
     migrate(eng)
-    eng.dispose()
     cols = [
         "seq",
         "id",
@@ -150,6 +149,9 @@ def ensure_pg(db: Path, n: int, regenerate: bool) -> str:
                 "(SELECT max(seq) FROM audit_records))"
             )
         c.commit()
+    with eng.begin() as conn:  # the rows came around store.append: count their days
+        store.rebuild_day_counts(conn)
+    eng.dispose()
     with psycopg.connect(pg_url(n), autocommit=True) as c:
         c.execute("VACUUM ANALYZE")
     print(f"  done in {time.perf_counter() - t:.0f} s", flush=True)

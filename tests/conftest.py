@@ -20,7 +20,14 @@ PG_ADMIN_URL = os.environ.get(
     "AUDIT_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 ENGINES = ["sqlite", "postgresql"]
-TABLES = ("audit_records", "id_counters", "export_jobs", "portal_users", "api_tokens")
+TABLES = (
+    "audit_records",
+    "audit_day_counts",
+    "id_counters",
+    "export_jobs",
+    "portal_users",
+    "api_tokens",
+)
 
 
 @pytest.fixture(scope="session")

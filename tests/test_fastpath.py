@@ -55,6 +55,8 @@ NASTY = [
     " ",
     '=",\r\n',
     "x" * 60 + ",",
+    "\x01",  # PostgreSQL COPY's NULL string in the fast path: such a cell comes quoted
+    "x,=y",  # a comma then a formula lead inside a cell: not a cell start
 ]
 REQUIRED = ("action", "user", "namespace")
 NOW = datetime(2026, 3, 2, tzinfo=UTC)
@@ -202,12 +204,6 @@ def test_snapshot_bound_is_respected(nasty: Engine) -> None:
         got = b"".join(fast)
         assert got == plain_csv(conn, AuditFilter(), upto)
         assert got != plain_csv(conn, AuditFilter(), None)
-
-
-def test_crlf_restores_row_ends_only() -> None:
-    rows = [b'a,"x\ny"\n', b"b,c\n", b'"\n",\n']
-    assert fastpath._crlf(rows) == b'a,"x\ny"\r\nb,c\r\n"\n",\r\n'
-    assert fastpath._crlf([b"a\n", b"b\n"]) == b"a\r\nb\r\n"
 
 
 ALPHABET = [*",\"\r\n\t=+-@' ;|\\/.:", "é", "日", "🙂", "\u2028", "\x01", "\x7f", *"abcXYZ019"]
