@@ -303,14 +303,22 @@ def facets(conn: Connection, flt: AuditFilter, limit: int = 10) -> dict[str, lis
     """Top values with counts for action, user (lower-cased) and namespace.
 
     Users are grouped as the filter matches them, case-insensitively, which also lets
-    the count walk the user index.
+    the count walk the user index. Actions and namespaces come from the day counts
+    when the filter allows (see _grouped).
     """
     where = _where(flt, None)
     out: dict[str, list[tuple[str, int]]] = {}
     for name, col in (("action", T.c.action), ("user", T.c.user_lc), ("namespace", T.c.namespace)):
-        n = func.count().label("n")
-        stmt = select(col, n).where(where).group_by(col).order_by(n.desc(), col).limit(limit)
-        out[name] = [(str(v), int(c)) for v, c in conn.execute(stmt).all()]
+        rows = _grouped(conn, flt, name, daily=False) if name != "user" else None
+        if rows is None:
+            n = func.count().label("n")
+            stmt = select(col, n).where(where).group_by(col).order_by(n.desc(), col).limit(limit)
+            out[name] = [(str(v), int(c)) for v, c in conn.execute(stmt).all()]
+            continue
+        totals: dict[str, int] = {}
+        for v, c in rows:
+            totals[str(v)] = totals.get(str(v), 0) + int(c)
+        out[name] = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
     return out
 
 
@@ -358,53 +366,54 @@ def _bucket(ts: Any, width: int) -> Any:
     return (ts - ((ts % width) + width) % width) // width
 
 
+def _grouped(conn: Connection, flt: AuditFilter, key: str, *, daily: bool) -> list[Any] | None:
+    """Counts of flt per `key` (action or namespace), per UTC day too when daily.
+
+    From the day counts for the whole days and from the log for the partial days at the
+    range's edges, in one statement; a value may come in up to three rows (the caller
+    adds them). None when the day counts cannot answer flt (see _whole_days).
+    """
+    days = _whole_days(flt)
+    if days is None:
+        return None
+    d0, d1 = days
+    dims = replace(flt, start=None, end=None)
+    day_cols = [DAYS.c.day, DAYS.c[key]] if daily else [DAYS.c[key]]
+    log_cols = [_bucket(T.c.ts, DAY_US), T.c[key]] if daily else [T.c[key]]
+    in_days = [dims.clause(DAYS)]
+    in_days += [DAYS.c.day >= d0] if d0 is not None else []
+    in_days += [DAYS.c.day < d1] if d1 is not None else []
+    parts = [select(*day_cols, func.sum(DAYS.c.n)).where(*in_days).group_by(*day_cols)]
+    edges = []
+    if d0 is not None and flt.start is not None:
+        edges.append((to_micros(flt.start), d0 * DAY_US))
+    if d1 is not None and flt.end is not None:
+        edges.append((d1 * DAY_US, to_micros(flt.end)))
+    for lo, hi in edges:
+        if lo < hi:
+            in_edge = and_(dims.clause(T), T.c.ts >= lo, T.c.ts < hi)
+            parts.append(select(*log_cols, func.count()).where(in_edge).group_by(*log_cols))
+    stmt = union_all(*parts) if len(parts) > 1 else parts[0]
+    return list(conn.execute(stmt).all())
+
+
 def histogram(
     conn: Connection, flt: AuditFilter, *, bucket: str = "day", by: str = "family"
 ) -> list[tuple[int, str, int]]:
     """Counts per time bucket (start in µs since the epoch) and action family or namespace.
 
-    Daily counts of a filter without users come from the day counts for the whole days
-    and from the log for the partial days at the range's edges, in one statement.
+    Daily counts come from the day counts where the filter allows (see _grouped).
     """
     width = BUCKETS[bucket]
-    key_col = T.c.namespace if by == "namespace" else T.c.action
-    days = _whole_days(flt) if bucket == "day" else None
-    if days is None:
+    key = "namespace" if by == "namespace" else "action"
+    rows = _grouped(conn, flt, key, daily=True) if bucket == "day" else None
+    if rows is None:
         b = _bucket(T.c.ts, width)
-        stmt: Any = (
-            select(b.label("b"), key_col, func.count())
-            .where(_where(flt, None))
-            .group_by(b, key_col)
-        )
-    else:
-        d0, d1 = days
-        dims = replace(flt, start=None, end=None)
-        day_key = DAYS.c.namespace if by == "namespace" else DAYS.c.action
-        in_days = [dims.clause(DAYS)]
-        in_days += [DAYS.c.day >= d0] if d0 is not None else []
-        in_days += [DAYS.c.day < d1] if d1 is not None else []
-        parts = [
-            select(DAYS.c.day, day_key, func.sum(DAYS.c.n))
-            .where(*in_days)
-            .group_by(DAYS.c.day, day_key)
-        ]
-        b = _bucket(T.c.ts, width)
-        edges = []
-        if d0 is not None and flt.start is not None:
-            edges.append((to_micros(flt.start), d0 * DAY_US))
-        if d1 is not None and flt.end is not None:
-            edges.append((d1 * DAY_US, to_micros(flt.end)))
-        for lo, hi in edges:
-            if lo < hi:
-                parts.append(
-                    select(b, key_col, func.count())
-                    .where(dims.clause(T), T.c.ts >= lo, T.c.ts < hi)
-                    .group_by(b, key_col)
-                )
-        stmt = union_all(*parts) if len(parts) > 1 else parts[0]
+        stmt = select(b, T.c[key], func.count()).where(_where(flt, None)).group_by(b, T.c[key])
+        rows = list(conn.execute(stmt).all())
     folded: dict[tuple[int, str], int] = {}
-    for bk, key, n in conn.execute(stmt).all():
-        name = str(key).split(".", 1)[0] if by == "family" else str(key)
+    for bk, value, n in rows:
+        name = str(value).split(".", 1)[0] if by == "family" else str(value)
         k = (int(bk) * width, name)
         folded[k] = folded.get(k, 0) + int(n)
     return sorted((b_, k, n) for (b_, k), n in folded.items())

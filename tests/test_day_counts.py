@@ -211,3 +211,20 @@ def matches(flt: AuditFilter, ts: int, action: str, ns: str) -> bool:
     if (flt.actions or flt.action_prefixes) and action not in flt.actions and not prefixed:
         return False
     return not flt.namespaces or ns in flt.namespaces
+
+
+def test_facets_from_day_counts_are_exact(engine: Engine) -> None:
+    add_demo(engine, 800, seed=28)
+    rng = random.Random(9)
+    with engine.connect() as conn:
+        rows = conn.execute(select(AUDIT.c.ts, AUDIT.c.action, AUDIT.c.namespace)).all()
+        base = datetime.fromtimestamp(min(r.ts for r in rows) / 1e6, UTC)
+        for flt in [AuditFilter(), *(random_filter(rng, base) for _ in range(25))]:
+            got = query.facets(conn, flt, limit=5)
+            for name, col in (("action", 1), ("namespace", 2)):
+                want: dict[str, int] = {}
+                for r in rows:
+                    if matches(flt, r.ts, r.action, r.namespace):
+                        want[r[col]] = want.get(r[col], 0) + 1
+                top = sorted(want.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+                assert got[name] == top, (flt, name)
