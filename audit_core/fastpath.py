@@ -237,16 +237,22 @@ def _pg_csv(conn: Connection, flt: AuditFilter, upto_seq: int | None) -> Iterato
     """CSV by COPY of the plain columns: no per-cell work on the server.
 
     COPY's CSV writer quotes exactly the cells Python's csv quotes (a `,` `"` CR or LF)
-    once empty cells are not its NULL string. A batch with no '"' has no quoted cell, so
-    every LF is a row end; with no comma followed by a formula lead either, no cell needs
-    neutralising, and the batch goes out with CRLF row ends as it came. Any other batch
-    is parsed and written again by the plain path's writer (formats.csv_chunks).
+    once empty cells are not its NULL string. A chunk of whole rows with no '"' has no
+    quoted cell, so every LF is a row end; with no comma followed by a formula lead
+    either, no cell needs neutralising, and the chunk goes out with CRLF row ends as it
+    came. Any other chunk is parsed and written again by the plain path's writer
+    (formats.csv_chunks).
     """
     from .formats import CSV_HEADER, csv_chunks
 
     yield CSV_HEADER.encode()
-    for rows in _pg_copy(conn, PG_COPY_COLUMNS, _PG_CSV_OPTIONS, flt, upto_seq):
-        chunk = b"".join(rows)
+    chunks = _pg_copy_chunks(conn, PG_COPY_COLUMNS, flt, upto_seq)
+    if chunks is None:  # no asyncpg: libpq's rows, batched
+        chunks = (
+            b"".join(rows)
+            for rows in _pg_copy(conn, PG_COPY_COLUMNS, _PG_CSV_OPTIONS, flt, upto_seq)
+        )
+    for chunk in chunks:
         if b'"' not in chunk and _PG_LEAD.search(chunk) is None:
             yield chunk.replace(b"\n", b"\r\n")
         else:
@@ -254,9 +260,105 @@ def _pg_csv(conn: Connection, flt: AuditFilter, upto_seq: int | None) -> Iterato
             yield from csv_chunks([[tuple(r) for r in cells]], header=False)
 
 
+class _ConsumerGoneError(Exception):
+    """The consumer of a COPY went away."""
+
+
+def _pg_copy_chunks(
+    conn: Connection,
+    columns_sql: str,
+    flt: AuditFilter,
+    upto_seq: int | None,
+    options: dict[str, str] | None = None,
+) -> Iterator[bytes] | None:
+    """COPY (SELECT ...) TO STDOUT (FORMAT csv) read by asyncpg, in chunks of whole rows.
+
+    libpq hands out one row per call, which costs Python about a microsecond a row
+    (more than the server spends writing it); asyncpg's protocol joins all the row
+    messages in its read buffer into one chunk (~64 KB). It runs on its own connection
+    and event loop in a thread, behind a small queue (so memory stays flat): the rows
+    are fixed by the snapshot bound, so another connection sees exactly the same rows.
+    None when asyncpg is not installed.
+    """
+    try:
+        import asyncpg
+    except ImportError:
+        return None
+    import psycopg
+
+    sql, params = _compile(conn, _select(columns_sql, flt, upto_seq))
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    select_sql = psycopg.ClientCursor(raw).mogrify(sql, params)
+    dsn = conn.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return _threaded_copy(asyncpg, dsn, select_sql, options or {"null": "\x01"})
+
+
+def _threaded_copy(
+    asyncpg: Any, dsn: str, select_sql: str, options: dict[str, str]
+) -> Iterator[bytes]:
+    import asyncio
+    import queue
+    import threading
+
+    chunks: queue.Queue[Any] = queue.Queue(maxsize=4)
+    stop = threading.Event()
+    done = object()
+
+    async def copy() -> None:
+        pg = await asyncpg.connect(dsn)
+        try:
+
+            async def sink(data: bytes) -> None:
+                if data[-1:] != b"\n":
+                    raise RuntimeError("COPY data did not end at a row end")
+                while not stop.is_set():
+                    try:
+                        chunks.put(bytes(data), timeout=0.2)
+                        return
+                    except queue.Full:
+                        continue
+                raise _ConsumerGoneError
+
+            await pg.copy_from_query(select_sql, output=sink, format="csv", **options)
+        finally:
+            pg.terminate() if stop.is_set() else await pg.close()
+
+    def run() -> None:
+        try:
+            asyncio.run(copy())
+            item: Any = done
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer's thread
+            item = exc
+        while not stop.is_set():
+            try:
+                chunks.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    thread = threading.Thread(target=run, name="pg-copy", daemon=True)
+    thread.start()
+    try:
+        while (item := chunks.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
 def _pg_json(conn: Connection, flt: AuditFilter, upto_seq: int | None) -> Iterator[list[bytes]]:
     # JSON text never holds a raw control character, so with \x01 / \x02 as delimiter and
     # quote COPY's CSV writer passes each object through untouched, plus LF.
+    chunks = _pg_copy_chunks(
+        conn, PG_JSON_OBJECT, flt, upto_seq, {"delimiter": "\x01", "quote": "\x02"}
+    )
+    if chunks is not None:
+        for chunk in chunks:
+            yield chunk[:-1].split(b"\n")
+        return
     options = "FORMAT csv, DELIMITER E'\\x01', QUOTE E'\\x02'"
     for rows in _pg_copy(conn, PG_JSON_OBJECT, options, flt, upto_seq):
         yield [bytes(r[:-1]) for r in rows]

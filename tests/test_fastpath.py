@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from audit_core import export, fastpath, formats, query, store
 from audit_core.filters import AuditFilter
+from audit_core.models import AUDIT
 from audit_core.record import FIELDS, compute_checksum, normalize
 from tests.conftest import add_demo
 
@@ -316,3 +317,42 @@ def test_small_batches(engine: Engine, monkeypatch) -> None:
             if enc is not None:
                 got = b"".join(formats.jsonl_from_encoded(enc))
                 assert got == plain_jsonl(conn, flt, upto), flt.describe()
+
+
+def test_clean_and_dirty_chunks_mixed(engine: Engine) -> None:
+    """Enough rows for many COPY chunks, nasty ones amid them in time: the same bytes."""
+    add_demo(engine, 30000, seed=14)
+    with engine.connect() as conn:
+        stamps = conn.execute(select(AUDIT.c.timestamp).order_by(AUDIT.c.ts)).scalars().all()
+    middle = []
+    for i, r in enumerate(nasty_records()):
+        fields = {f: getattr(r, f) for f in FIELDS if f != "checksum"}
+        fields["id"] = f"audit-20000101-{i + 1:03d}"
+        fields["timestamp"] = stamps[len(stamps) // 2 + i * 300]
+        fields["checksum"] = compute_checksum(fields)
+        middle.append(normalize(fields))
+    with engine.begin() as conn:
+        store.append(conn, middle)
+    with engine.connect() as conn:
+        upto = query.max_seq(conn)
+        fast = fastpath.csv_chunks(conn, AuditFilter(), upto)
+        assert fast is not None
+        chunks = list(fast)
+        assert len(chunks) > 5
+        assert b"".join(chunks) == plain_csv(conn, AuditFilter(), upto)
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_postgresql_csv_without_asyncpg(engine: Engine, monkeypatch) -> None:
+    """Where asyncpg is missing, libpq's rows in batches give the same bytes."""
+    monkeypatch.setattr(fastpath, "_pg_copy_chunks", lambda *args: None)
+    monkeypatch.setattr(fastpath, "PG_BATCH", 29)
+    with engine.begin() as conn:
+        store.append(conn, nasty_records() + random_records(800, seed=16))
+    add_demo(engine, 500, seed=17)
+    with engine.connect() as conn:
+        upto = query.max_seq(conn)
+        for flt in FILTERS:
+            fast = fastpath.csv_chunks(conn, flt, upto)
+            assert fast is not None
+            assert b"".join(fast) == plain_csv(conn, flt, upto), flt.describe()
