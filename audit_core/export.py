@@ -52,13 +52,13 @@ def plan(
 def chunks(conn: Connection, p: ExportPlan) -> Generator[bytes, None, None]:
     """Yield the export file's bytes in chunks of thousands of rows."""
     if p.fmt == "csv":
-        fast = fastpath.csv_chunks(conn, p.filter, p.upto_seq)
+        fast = fastpath.csv_chunks(conn, p.filter, p.upto_seq, p.total)
         if fast is not None:
             yield from fast
             return
         yield from csv_chunks(query.stream(conn, p.filter, p.upto_seq))
         return
-    encoded = fastpath.json_records(conn, p.filter, p.upto_seq)
+    encoded = fastpath.json_records(conn, p.filter, p.upto_seq, p.total)
     if p.fmt == "jsonl":
         if encoded is not None:
             yield from jsonl_from_encoded(encoded)

@@ -233,7 +233,9 @@ _PG_CSV_OPTIONS = "FORMAT csv, NULL E'\\x01'"
 _PG_LEAD = re.compile(rb",[=+\-@\t']")
 
 
-def _pg_csv(conn: Connection, flt: AuditFilter, upto_seq: int | None) -> Iterator[bytes]:
+def _pg_csv(
+    conn: Connection, flt: AuditFilter, upto_seq: int | None, rows: int | None
+) -> Iterator[bytes]:
     """CSV by COPY of the plain columns: no per-cell work on the server.
 
     COPY's CSV writer quotes exactly the cells Python's csv quotes (a `,` `"` CR or LF)
@@ -246,8 +248,8 @@ def _pg_csv(conn: Connection, flt: AuditFilter, upto_seq: int | None) -> Iterato
     from .formats import CSV_HEADER, csv_chunks
 
     yield CSV_HEADER.encode()
-    chunks = _pg_copy_chunks(conn, PG_COPY_COLUMNS, flt, upto_seq)
-    if chunks is None:  # no asyncpg: libpq's rows, batched
+    chunks = _pg_copy_chunks(conn, PG_COPY_COLUMNS, flt, upto_seq) if _chunked(rows) else None
+    if chunks is None:  # small, or no asyncpg: libpq's rows, batched
         chunks = (
             b"".join(rows)
             for rows in _pg_copy(conn, PG_COPY_COLUMNS, _PG_CSV_OPTIONS, flt, upto_seq)
@@ -258,6 +260,16 @@ def _pg_csv(conn: Connection, flt: AuditFilter, upto_seq: int | None) -> Iterato
         else:
             cells = csv.reader(io.StringIO(chunk.decode(), newline=""))
             yield from csv_chunks([[tuple(r) for r in cells]], header=False)
+
+
+# Below this many rows the libpq path wins: asyncpg's own connection and thread cost
+# ~10 ms (1,600 rows: 4 ms by libpq, 14 ms by asyncpg; 41k rows: 89 ms / 81 ms; 10M rows:
+# 15.3 s / 16.5 s whole process, BENCHMARKS.md).
+CHUNKED_MIN_ROWS = 30_000
+
+
+def _chunked(rows: int | None) -> bool:
+    return rows is None or rows >= CHUNKED_MIN_ROWS
 
 
 class _ConsumerGoneError(Exception):
@@ -349,19 +361,22 @@ def _threaded_copy(
         thread.join(timeout=30)
 
 
-def _pg_json(conn: Connection, flt: AuditFilter, upto_seq: int | None) -> Iterator[list[bytes]]:
+def _pg_json(
+    conn: Connection, flt: AuditFilter, upto_seq: int | None, rows: int | None
+) -> Iterator[list[bytes]]:
     # JSON text never holds a raw control character, so with \x01 / \x02 as delimiter and
     # quote COPY's CSV writer passes each object through untouched, plus LF.
-    chunks = _pg_copy_chunks(
-        conn, PG_JSON_OBJECT, flt, upto_seq, {"delimiter": "\x01", "quote": "\x02"}
-    )
+    chunks = None
+    if _chunked(rows):
+        options = {"delimiter": "\x01", "quote": "\x02"}
+        chunks = _pg_copy_chunks(conn, PG_JSON_OBJECT, flt, upto_seq, options)
     if chunks is not None:
         for chunk in chunks:
             yield chunk[:-1].split(b"\n")
         return
-    options = "FORMAT csv, DELIMITER E'\\x01', QUOTE E'\\x02'"
-    for rows in _pg_copy(conn, PG_JSON_OBJECT, options, flt, upto_seq):
-        yield [bytes(r[:-1]) for r in rows]
+    libpq_options = "FORMAT csv, DELIMITER E'\\x01', QUOTE E'\\x02'"
+    for batch in _pg_copy(conn, PG_JSON_OBJECT, libpq_options, flt, upto_seq):
+        yield [bytes(r[:-1]) for r in batch]
 
 
 def _pg_error(res: Any) -> Exception:
@@ -375,20 +390,27 @@ def _pg_error(res: Any) -> Exception:
     return cls(message)
 
 
-def csv_chunks(conn: Connection, flt: AuditFilter, upto_seq: int) -> Iterator[bytes] | None:
-    """A faster CSV writer for this engine (header included), or None."""
+def csv_chunks(
+    conn: Connection, flt: AuditFilter, upto_seq: int, rows: int | None = None
+) -> Iterator[bytes] | None:
+    """A faster CSV writer for this engine (header included), or None.
+
+    rows is the planned row count, if known (it picks PostgreSQL's reader).
+    """
     name = conn.dialect.name
     if name == "sqlite":
         return _sqlite_csv(conn, flt, upto_seq)
     if name == "postgresql" and conn.dialect.driver == "psycopg":
-        return _pg_csv(conn, flt, upto_seq)
+        return _pg_csv(conn, flt, upto_seq, rows)
     return None
 
 
-def json_records(conn: Connection, flt: AuditFilter, upto_seq: int) -> Iterator[list[bytes]] | None:
+def json_records(
+    conn: Connection, flt: AuditFilter, upto_seq: int, rows: int | None = None
+) -> Iterator[list[bytes]] | None:
     """Batches of records already encoded as compact JSON objects (orjson's bytes), or None."""
     if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
-        return _pg_json(conn, flt, upto_seq)
+        return _pg_json(conn, flt, upto_seq, rows)
     if conn.dialect.name != "sqlite":
         return None
     chain = itertools.chain.from_iterable
