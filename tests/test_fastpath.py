@@ -300,8 +300,16 @@ def test_stopping_early_leaves_the_connection_usable(engine: Engine) -> None:
         assert b"".join(again) == plain_csv(conn, AuditFilter(), upto)
 
 
-def test_small_batches(engine: Engine, monkeypatch) -> None:
-    """Many small batches (clean and dirty ones mixed): still the same bytes."""
+@pytest.mark.parametrize("libpq", [False, True], ids=["default", "libpq"])
+def test_small_batches(engine: Engine, monkeypatch, libpq: bool) -> None:
+    """Many small batches (clean and dirty ones mixed): still the same bytes.
+
+    With libpq, PostgreSQL reads COPY row by row, as it does where asyncpg is missing.
+    """
+    if libpq:
+        if engine.dialect.name != "postgresql":
+            pytest.skip("libpq's reader is PostgreSQL's")
+        monkeypatch.setattr(fastpath, "_pg_copy_chunks", lambda *args: None)
     monkeypatch.setattr(fastpath, "BATCH", 37)
     monkeypatch.setattr(fastpath, "PG_BATCH", 29)
     with engine.begin() as conn:
@@ -340,19 +348,3 @@ def test_clean_and_dirty_chunks_mixed(engine: Engine) -> None:
         chunks = list(fast)
         assert len(chunks) > 5
         assert b"".join(chunks) == plain_csv(conn, AuditFilter(), upto)
-
-
-@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
-def test_postgresql_csv_without_asyncpg(engine: Engine, monkeypatch) -> None:
-    """Where asyncpg is missing, libpq's rows in batches give the same bytes."""
-    monkeypatch.setattr(fastpath, "_pg_copy_chunks", lambda *args: None)
-    monkeypatch.setattr(fastpath, "PG_BATCH", 29)
-    with engine.begin() as conn:
-        store.append(conn, nasty_records() + random_records(800, seed=16))
-    add_demo(engine, 500, seed=17)
-    with engine.connect() as conn:
-        upto = query.max_seq(conn)
-        for flt in FILTERS:
-            fast = fastpath.csv_chunks(conn, flt, upto)
-            assert fast is not None
-            assert b"".join(fast) == plain_csv(conn, flt, upto), flt.describe()
