@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from audit_core import query, store  # noqa: E402
-from audit_core.db import make_engine, migrate  # noqa: E402
+from audit_core.db import make_engine, migrate, sqlite_module  # noqa: E402
 from audit_core.filters import AuditFilter  # noqa: E402
 from audit_core.record import FIELDS, format_instant, from_micros  # noqa: E402
 
@@ -457,12 +457,15 @@ def main() -> int:
     if plan_lines:
         print("\n".join(plan_lines))
     if not a.no_write:
+        mod = sqlite_module()
+        ours_sqlite = mod.sqlite_version if mod is not None else sqlite3.sqlite_version
         cmds = sorted({r["ours_cmd"] for r in exports} | {r["floor_cmd"] for r in exports})
         head = (
             f"### {n:,} records — {started:%Y-%m-%d %H:%M} UTC\n\n"
             f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared with other "
             f"work: load average {load0[0]:.1f} before, {load1[0]:.1f} after), "
-            f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}.\n"
+            f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version} (the shell, "
+            f"and the standard library's module), {ours_sqlite} (ours: db.sqlite_module).\n"
             f"Produced by `{REL_PY} bench/bench_export.py --records {n}"
             f"{' --plans' if a.plans else ''}`; each export row is the median of "
             f"{a.repeat} whole-process runs, floor measured in the same run.\n\n"
