@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Table, insert, select, update
+from sqlalchemy import Connection, Engine, Table, func, insert, select, update
 
 from . import store
 from .config import Settings
@@ -221,6 +221,8 @@ def upsert_user(
         old = _get_user(conn, email)
         if old and old.active and old.role == role and old.namespaces == grants:
             return old
+        if old and old.active and old.role == "admin" and role != "admin":
+            _keep_an_admin(conn, email, "make them a " + role)
         values = {
             "role": role,
             "namespaces": grants_text(grants),
@@ -260,6 +262,8 @@ def remove_user(
         old = _get_user(conn, email)
         if old is None or not old.active:
             raise UserError(f"no active portal user {email}")
+        if old.role == "admin":
+            _keep_an_admin(conn, email, "remove them")
         conn.execute(
             update(USERS)
             .where(USERS.c.email == email)
@@ -276,6 +280,47 @@ def remove_user(
         info = _get_user(conn, email)
     assert info is not None
     return info
+
+
+def _keep_an_admin(conn: Connection, email: str, change: str) -> None:
+    """Refuse a change that would leave the portal with no active admin."""
+    others = conn.execute(
+        select(func.count())
+        .select_from(USERS)
+        .where(USERS.c.role == "admin", USERS.c.active.is_(True), USERS.c.email != email)
+    ).scalar()
+    if not others:
+        raise UserError(
+            f"{email} is the only active admin: make someone else an admin before you {change}"
+        )
+
+
+def export_refusal(conn: Connection, email: str, namespaces: Iterable[str]) -> str | None:
+    """Why `email` may no longer export the namespaces given (none: all), or None.
+
+    A background export runs with the access its requester has when it runs, not when it
+    was queued: a portal user who was removed, made a viewer, or lost a namespace the job
+    reads is refused. Operators with no user row (the CLI, local mode, an AUDIT_ADMINS
+    admin who has not signed in yet) keep the access they acted with.
+    """
+    try:
+        user = _get_user(conn, normalize_email(email))
+    except UserError:
+        return None
+    if user is None:
+        return None
+    if not user.active:
+        return f"{user.email} was removed from the portal after queueing this export"
+    who = Principal(user.email, user.role, user.namespaces)
+    if not who.can_export:
+        return f"{user.email} is now a {user.role}, who cannot export"
+    wanted = frozenset(namespaces)
+    if user.namespaces is not None and not wanted:
+        return f"{user.email} no longer sees every namespace"
+    lost = sorted(ns for ns in wanted if not who.may_see(ns))
+    if lost:
+        return f"{user.email} is no longer granted namespace {', '.join(lost)}"
+    return None
 
 
 def list_users(conn: Connection) -> list[UserInfo]:

@@ -31,8 +31,9 @@ from typing import IO, Any
 
 from sqlalchemy import Connection, Engine, and_, or_, select, update
 
-from . import export, jobs, store
+from . import access, export, jobs, store
 from .config import Settings
+from .filters import AuditFilter
 
 log = logging.getLogger(__name__)
 J = jobs.J
@@ -198,6 +199,13 @@ class Worker:
         tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:12]}.part")
         log.info("export worker %s: running %s (attempt %d)", self.name, job_id, row.attempts)
         try:
+            with self.engine.connect() as conn:
+                refusal = access.export_refusal(
+                    conn, row.requested_by, AuditFilter.from_json(row.filter_json).namespaces
+                )
+            if refusal is not None:
+                self._refused(job_id, refusal)
+                return
             final.parent.mkdir(parents=True, exist_ok=True)
             _remove_stale_parts(final)
             size, digest, rows = self._write(row, tmp)
@@ -317,6 +325,24 @@ class Worker:
                 )
             )
         log.info("export worker %s: released %s", self.name, job_id)
+
+    def _refused(self, job_id: str, why: str) -> None:
+        """The requester's access changed since queueing: fail the job now, no retry."""
+        log.warning("export worker %s: %s refused: %s", self.name, job_id, why)
+        with self.engine.begin() as conn:
+            held = conn.execute(
+                update(J)
+                .where(self._mine(job_id))
+                .values(
+                    state="failed",
+                    finished_at=_now(),
+                    last_error=f"refused: {why}",
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            ).rowcount
+            if held:
+                _log_job_event(conn, self.settings, job_id, "audit.job.fail")
 
     def _failed(self, job_id: str, attempts: int, exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}"[:2000]

@@ -66,6 +66,22 @@ def test_adding_a_user_writes_one_audited_change(engine: Engine, settings: Setti
     )
 
 
+def test_the_last_active_admin_cannot_be_demoted_or_removed(engine: Engine) -> None:
+    access.upsert_user(engine, "root@example.com", "admin", "*", ADMIN)
+    before = audit_count(engine, "portal.user.change")
+    with pytest.raises(access.UserError, match="only active admin"):
+        access.upsert_user(engine, "root@example.com", "viewer", "staging", ADMIN)
+    with pytest.raises(access.UserError, match="only active admin"):
+        access.remove_user(engine, "root@example.com", ADMIN)
+    assert audit_count(engine, "portal.user.change") == before  # refused: nothing written
+    access.upsert_user(engine, "second@example.com", "admin", "*", ADMIN)
+    assert access.upsert_user(engine, "root@example.com", "viewer", "staging", ADMIN).role == (
+        "viewer"
+    )
+    with pytest.raises(access.UserError, match="only active admin"):
+        access.remove_user(engine, "second@example.com", ADMIN)
+
+
 def test_changing_role_and_grants_records_old_and_new(engine: Engine, settings: Settings) -> None:
     access.upsert_user(engine, "a@example.com", "viewer", "staging", ADMIN, settings=settings)
     before = audit_count(engine, "portal.user.change")
@@ -155,11 +171,12 @@ def test_bootstrap_admin_is_created_once_and_audited(engine: Engine, settings: S
     row = last_record(engine, "portal.user.change")
     assert row.user == "root@example.com" and row.sourceIP == "10.9.9.9"
     assert "bootstrap" in row.resource and "none -> admin" in row.resource
-    # A removed bootstrap admin stays removed.
+    # A removed bootstrap admin stays removed (once another admin exists to remove them).
+    access.upsert_user(engine, "second@example.com", "admin", "*", ADMIN)
     access.remove_user(engine, "root@example.com", ADMIN)
     with engine.connect() as conn:
         assert access.principal_for(conn, "root@example.com", settings) is None
-    assert audit_count(engine, "portal.user.change") == 2
+    assert audit_count(engine, "portal.user.change") == 3
 
 
 # ------------------------------------------------------------------ audit of access

@@ -206,6 +206,45 @@ def test_cancelled_job_never_runs(engine: Engine, settings: Settings) -> None:
     assert event_count(engine, "audit.job.complete", cancelled.job_id) == 0
 
 
+BOSS = Principal("boss@empresa.com", "admin", None, "10.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("change", "refusal"),
+    [
+        (("auditor", "billing"), "is no longer granted namespace payments"),
+        (("auditor", "payments"), None),  # lost billing, which this job does not read
+        (("viewer", "payments,billing"), "is now a viewer, who cannot export"),
+        (None, "was removed from the portal after queueing this export"),
+    ],
+)
+def test_a_job_runs_with_its_requesters_access_at_run_time(
+    engine: Engine, settings: Settings, change: tuple[str, str] | None, refusal: str | None
+) -> None:
+    from audit_core import access
+
+    add_demo(engine, 300)
+    email = "aldo@empresa.com"
+    access.upsert_user(engine, email, "auditor", "payments,billing", BOSS)
+    aldo = Principal(email, "auditor", frozenset({"payments", "billing"}), "10.0.0.9")
+    with engine.connect() as conn:
+        plan = service.plan_export(conn, aldo, AuditFilter.parse(namespace="payments"), "csv")
+    job = jobs.enqueue(engine, plan, aldo, settings)
+    if change is None:
+        access.remove_user(engine, email, BOSS)
+    else:
+        access.upsert_user(engine, email, change[0], change[1], BOSS)
+    Worker(engine, settings, timing=FAST).run_until_idle()
+    row = job_row(engine, job.job_id)
+    if refusal is None:
+        assert row.state == "completed" and jobs.file_path(settings, job).exists()
+        return
+    assert (row.state, row.attempts, row.file_name) == ("failed", 1, None)
+    assert row.last_error == f"refused: {email} {refusal}"
+    assert event_count(engine, "audit.job.fail", job.job_id) == 1
+    assert not jobs.file_path(settings, job).exists()
+
+
 def test_a_claimed_job_can_no_longer_be_cancelled(engine: Engine, settings: Settings) -> None:
     add_demo(engine, 200)
     job, _ = enqueue(engine, settings)
