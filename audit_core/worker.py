@@ -49,11 +49,13 @@ class Timing:
     heartbeat_seconds: float = 3.0
     poll_seconds: float = 2.0
     sweep_seconds: float = 60.0
+    retry_seconds: float = 30.0  # a failed attempt waits this long, doubled each time
     batch_delay: float = 0.0  # test-only slow-down after each chunk
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Timing:
-        """Read AUDIT_WORKER_LEASE_SECONDS, _HEARTBEAT_SECONDS, _POLL_SECONDS, _BATCH_DELAY_MS."""
+        """Read AUDIT_WORKER_LEASE_SECONDS, _HEARTBEAT_SECONDS, _POLL_SECONDS, _SWEEP_SECONDS,
+        _RETRY_SECONDS and _BATCH_DELAY_MS."""
         env = dict(os.environ if env is None else env)
 
         def num(name: str, default: float) -> float:
@@ -65,6 +67,7 @@ class Timing:
             heartbeat_seconds=num("AUDIT_WORKER_HEARTBEAT_SECONDS", cls.heartbeat_seconds),
             poll_seconds=num("AUDIT_WORKER_POLL_SECONDS", cls.poll_seconds),
             sweep_seconds=num("AUDIT_WORKER_SWEEP_SECONDS", cls.sweep_seconds),
+            retry_seconds=num("AUDIT_WORKER_RETRY_SECONDS", cls.retry_seconds),
             batch_delay=num("AUDIT_WORKER_BATCH_DELAY_MS", 0.0) / 1000.0,
         )
 
@@ -140,8 +143,12 @@ class Worker:
         while True:
             now = _now()
             with self.engine.begin() as conn:
+                # A queued job's lease_expires_at, when set, is its retry time.
                 runnable = or_(
-                    J.c.state == "queued",
+                    and_(
+                        J.c.state == "queued",
+                        or_(J.c.lease_expires_at.is_(None), J.c.lease_expires_at <= now),
+                    ),
                     and_(J.c.state == "processing", J.c.lease_expires_at < now),
                 )
                 pick = select(J.c.job_id, J.c.attempts, J.c.state).where(runnable)
@@ -354,7 +361,10 @@ class Worker:
             if final:
                 values.update(state="failed", finished_at=_now())
             else:
-                values.update(state="queued", rows_written=0)
+                # Back off before the next attempt (30 s, then 60 s by default): a full
+                # disk or a database restart gets time to clear.
+                wait = timedelta(seconds=self.timing.retry_seconds * 2 ** (attempts - 1))
+                values.update(state="queued", rows_written=0, lease_expires_at=_now() + wait)
             held = conn.execute(update(J).where(self._mine(job_id)).values(**values)).rowcount
             if held and final:
                 _log_job_event(conn, self.settings, job_id, "audit.job.fail")

@@ -32,7 +32,7 @@ from .conftest import add_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 ANA = Principal("ana@empresa.com", "auditor", None, "10.0.0.5")
-FAST = Timing(lease_seconds=30, heartbeat_seconds=0.2, poll_seconds=0.05)
+FAST = Timing(lease_seconds=30, heartbeat_seconds=0.2, poll_seconds=0.05, retry_seconds=0)
 J = ExportJob.__table__
 
 
@@ -276,6 +276,32 @@ def test_failing_job_is_retried_then_failed_with_a_readable_error(
     assert jobs.document(info)["status"]["error"] == row.last_error
 
 
+def test_a_failed_attempt_waits_before_the_next(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """Retries back off (retry_seconds, doubled each time) instead of running at once."""
+    add_demo(engine, 200)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the export folder should be")
+    broken = replace(settings, export_dir=blocker / "exports")
+    job, _ = enqueue(engine, broken)
+    worker = Worker(engine, broken, timing=replace(FAST, retry_seconds=60))
+    before = datetime.now(UTC)
+    assert worker.run_until_idle() == [job.job_id]  # one attempt, then it waits
+    row = job_row(engine, job.job_id)
+    assert (row.state, row.attempts) == ("queued", 1)
+    assert row.last_error.startswith("NotADirectoryError")
+    retry_at = row.lease_expires_at.replace(tzinfo=UTC)
+    assert before + timedelta(seconds=59) <= retry_at <= datetime.now(UTC) + timedelta(seconds=61)
+    # Once the retry time has come (here: moved back) it runs again, and waits twice as long.
+    with engine.begin() as conn:
+        conn.execute(J.update().where(J.c.job_id == job.job_id).values(lease_expires_at=before))
+    assert worker.run_until_idle() == [job.job_id]
+    row = job_row(engine, job.job_id)
+    assert row.attempts == 2
+    assert row.lease_expires_at.replace(tzinfo=UTC) >= before + timedelta(seconds=119)
+
+
 def test_job_whose_workers_keep_dying_fails_after_three_attempts(
     engine: Engine, settings: Settings
 ) -> None:
@@ -450,7 +476,11 @@ def test_worker_command_refuses_a_concurrency_below_one(
 
 def test_timing_reads_the_test_knobs_from_the_environment() -> None:
     timing = Timing.from_env(
-        {"AUDIT_WORKER_LEASE_SECONDS": "2", "AUDIT_WORKER_BATCH_DELAY_MS": "250"}
+        {
+            "AUDIT_WORKER_LEASE_SECONDS": "2",
+            "AUDIT_WORKER_BATCH_DELAY_MS": "250",
+            "AUDIT_WORKER_RETRY_SECONDS": "5",
+        }
     )
-    assert (timing.lease_seconds, timing.batch_delay) == (2.0, 0.25)
+    assert (timing.lease_seconds, timing.batch_delay, timing.retry_seconds) == (2.0, 0.25, 5.0)
     assert timing.poll_seconds == Timing().poll_seconds
