@@ -12,11 +12,12 @@ into the database and hand Python one finished line per row:
 - SQLite JSON / JSON Lines: `json_object(...)` builds each record with the seed's keys
   in the seed's order; its escaping equals orjson's (`\\"`, `\\\\`, `\\b\\f\\n\\r\\t`,
   other controls as lowercase `\\u00xx`, everything else raw UTF-8).
-- PostgreSQL CSV: `COPY (SELECT <plain columns> ...) TO STDOUT (FORMAT csv)` through
-  libpq, exactly the floor's query: COPY's quoting is Python csv's once empty cells are
-  not its NULL string, and a batch that holds no '"' and no comma followed by a formula
-  lead goes out with CRLF row ends as it came (see _pg_csv).
-- PostgreSQL JSON / JSON Lines: to_json() per cell, read through the same COPY loop.
+- PostgreSQL CSV: `COPY (SELECT <plain columns> ...) TO STDOUT (FORMAT csv)`, exactly the
+  floor's query: COPY's quoting is Python csv's once empty cells are not its NULL string,
+  and a chunk that holds no '"' and no comma followed by a formula lead goes out with
+  CRLF row ends as it came (see _pg_csv). Large exports read COPY through asyncpg in
+  chunks of rows (_pg_copy_chunks), small ones row by row through libpq (_pg_copy).
+- PostgreSQL JSON / JSON Lines: to_json() per cell, read by the same COPY readers.
 
 Filter values are bound parameters: the WHERE clause is the AuditFilter's SQLAlchemy
 clause, compiled for the dialect, with its parameters passed to the driver.
@@ -334,7 +335,10 @@ def _threaded_copy(
 
             await pg.copy_from_query(select_sql, output=sink, format="csv", **options)
         finally:
-            pg.terminate() if stop.is_set() else await pg.close()
+            if stop.is_set():
+                pg.terminate()  # mid-COPY: drop the connection rather than drain it
+            else:
+                await pg.close()
 
     def run() -> None:
         try:

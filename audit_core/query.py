@@ -127,6 +127,24 @@ def _whole_days(flt: AuditFilter) -> tuple[int | None, int | None] | None:
     return d0, d1
 
 
+def _in_days(flt: AuditFilter, d0: int | None, d1: int | None) -> list[Any]:
+    """WHERE terms on audit_day_counts: flt's actions and namespaces, days [d0, d1)."""
+    terms = [replace(flt, start=None, end=None).clause(DAYS)]
+    terms += [DAYS.c.day >= d0] if d0 is not None else []
+    terms += [DAYS.c.day < d1] if d1 is not None else []
+    return terms
+
+
+def _edges(flt: AuditFilter, d0: int | None, d1: int | None) -> list[tuple[int, int]]:
+    """The partial days of flt's range outside [d0, d1), as [lo, hi) in microseconds."""
+    out = []
+    if d0 is not None and flt.start is not None and to_micros(flt.start) < d0 * DAY_US:
+        out.append((to_micros(flt.start), d0 * DAY_US))
+    if d1 is not None and flt.end is not None and d1 * DAY_US < to_micros(flt.end):
+        out.append((d1 * DAY_US, to_micros(flt.end)))
+    return out
+
+
 def _days_count_stmt(
     flt: AuditFilter, upto_seq: int | None, d0: int | None, d1: int | None
 ) -> Select[Any]:
@@ -139,23 +157,10 @@ def _days_count_stmt(
     the day counts already hold (found by primary key) are taken off again.
     """
     dims = replace(flt, start=None, end=None)
-    in_days = [dims.clause(DAYS)]
-    if d0 is not None:
-        in_days.append(DAYS.c.day >= d0)
-    if d1 is not None:
-        in_days.append(DAYS.c.day < d1)
-    terms: list[Any] = [
-        select(func.coalesce(func.sum(DAYS.c.n), 0)).where(*in_days).scalar_subquery()
-    ]
-    if d0 is not None and flt.start is not None and to_micros(flt.start) < d0 * DAY_US:
-        edge = _log_count_stmt(dims, upto_seq).where(
-            T.c.ts >= to_micros(flt.start), T.c.ts < d0 * DAY_US
-        )
-        terms.append(edge.scalar_subquery())
-    if d1 is not None and flt.end is not None and d1 * DAY_US < to_micros(flt.end):
-        edge = _log_count_stmt(dims, upto_seq).where(
-            T.c.ts >= d1 * DAY_US, T.c.ts < to_micros(flt.end)
-        )
+    day_sum = select(func.coalesce(func.sum(DAYS.c.n), 0)).where(*_in_days(flt, d0, d1))
+    terms: list[Any] = [day_sum.scalar_subquery()]
+    for lo, hi in _edges(flt, d0, d1):
+        edge = _log_count_stmt(dims, upto_seq).where(T.c.ts >= lo, T.c.ts < hi)
         terms.append(edge.scalar_subquery())
     if upto_seq is not None:
         recent = _count_recent(dims, upto_seq, 2**62)
@@ -380,19 +385,11 @@ def _grouped(conn: Connection, flt: AuditFilter, key: str, *, daily: bool) -> li
     dims = replace(flt, start=None, end=None)
     day_cols = [DAYS.c.day, DAYS.c[key]] if daily else [DAYS.c[key]]
     log_cols = [_bucket(T.c.ts, DAY_US), T.c[key]] if daily else [T.c[key]]
-    in_days = [dims.clause(DAYS)]
-    in_days += [DAYS.c.day >= d0] if d0 is not None else []
-    in_days += [DAYS.c.day < d1] if d1 is not None else []
+    in_days = _in_days(flt, d0, d1)
     parts = [select(*day_cols, func.sum(DAYS.c.n)).where(*in_days).group_by(*day_cols)]
-    edges = []
-    if d0 is not None and flt.start is not None:
-        edges.append((to_micros(flt.start), d0 * DAY_US))
-    if d1 is not None and flt.end is not None:
-        edges.append((d1 * DAY_US, to_micros(flt.end)))
-    for lo, hi in edges:
-        if lo < hi:
-            in_edge = and_(dims.clause(T), T.c.ts >= lo, T.c.ts < hi)
-            parts.append(select(*log_cols, func.count()).where(in_edge).group_by(*log_cols))
+    for lo, hi in _edges(flt, d0, d1):
+        in_edge = and_(dims.clause(T), T.c.ts >= lo, T.c.ts < hi)
+        parts.append(select(*log_cols, func.count()).where(in_edge).group_by(*log_cols))
     stmt = union_all(*parts) if len(parts) > 1 else parts[0]
     return list(conn.execute(stmt).all())
 
