@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, delete, except_, func, insert, select, update
 
 from .models import AUDIT as T
 from .models import COUNTERS, DAYS, HEAD
@@ -145,6 +145,20 @@ def _day_counts_select() -> Any:
 def day_counts_from_rows(conn: Connection) -> dict[tuple[int, str, str], int]:
     """What audit_day_counts should hold, counted from the rows themselves."""
     return {(int(d), ns, a): int(n) for d, ns, a, n in conn.execute(_day_counts_select()).all()}
+
+
+def day_counts_differ(conn: Connection) -> bool:
+    """Whether audit_day_counts differs from the rows, compared in one statement.
+
+    One statement sees one state of both tables, so appends running meanwhile (the
+    portal writes its own events all the time) cannot make them look different.
+    """
+    counted = _day_counts_select()
+    stored = select(DAYS.c.day, DAYS.c.namespace, DAYS.c.action, DAYS.c.n)
+    missing = select(func.count()).select_from(except_(counted, stored).subquery())
+    extra = select(func.count()).select_from(except_(stored, counted).subquery())
+    both = select(missing.scalar_subquery() + extra.scalar_subquery())
+    return bool(conn.execute(both).scalar())
 
 
 def rebuild_day_counts(conn: Connection) -> None:
