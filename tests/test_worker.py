@@ -257,13 +257,18 @@ def test_a_claimed_job_can_no_longer_be_cancelled(engine: Engine, settings: Sett
     assert job_row(engine, job.job_id).state == "completed"
 
 
+def unwritable(settings: Settings, tmp_path: Path) -> Settings:
+    """Settings whose export folder cannot be made: every attempt fails."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the export folder should be")
+    return replace(settings, export_dir=blocker / "exports")
+
+
 def test_failing_job_is_retried_then_failed_with_a_readable_error(
     engine: Engine, settings: Settings, tmp_path: Path
 ) -> None:
     add_demo(engine, 200)
-    blocker = tmp_path / "not-a-folder"
-    blocker.write_text("a file where the export folder should be")
-    settings = replace(settings, export_dir=blocker / "exports")
+    settings = unwritable(settings, tmp_path)
     job, _ = enqueue(engine, settings)
     assert Worker(engine, settings, timing=FAST).run_until_idle() == [job.job_id] * 3
     row = job_row(engine, job.job_id)
@@ -281,9 +286,7 @@ def test_a_failed_attempt_waits_before_the_next(
 ) -> None:
     """Retries back off (retry_seconds, doubled each time) instead of running at once."""
     add_demo(engine, 200)
-    blocker = tmp_path / "not-a-folder"
-    blocker.write_text("a file where the export folder should be")
-    broken = replace(settings, export_dir=blocker / "exports")
+    broken = unwritable(settings, tmp_path)
     job, _ = enqueue(engine, broken)
     worker = Worker(engine, broken, timing=replace(FAST, retry_seconds=60))
     before = datetime.now(UTC)
