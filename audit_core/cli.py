@@ -240,15 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_later_commands(sub: Any) -> None:
-    """Commands owned by other modules (worker, users, tokens) register here."""
-    for module_name in ("audit_core.worker", "audit_core.access"):
-        try:
-            module = __import__(module_name, fromlist=["register_cli"])
-        except ImportError:
-            continue
-        register = getattr(module, "register_cli", None)
-        if register is not None:
-            register(sub)
+    """Commands owned by other modules (worker, users, tokens) register here.
+
+    Imported here, not at the top: those modules import this one.
+    """
+    from . import access_cli, worker
+
+    worker.register_cli(sub)
+    access_cli.register_cli(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,11 +25,14 @@ clause, compiled for the dialect, with its parameters passed to the driver.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import io
 import itertools
+import queue
 import re
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -310,10 +313,6 @@ def _pg_copy_chunks(
 def _threaded_copy(
     asyncpg: Any, dsn: str, select_sql: str, options: dict[str, str]
 ) -> Iterator[bytes]:
-    import asyncio
-    import queue
-    import threading
-
     chunks: queue.Queue[Any] = queue.Queue(maxsize=4)
     stop = threading.Event()
     done = object()

@@ -20,6 +20,10 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+def _header(description: str, kind: str = "string") -> dict[str, Any]:
+    return {"description": description, "schema": {"type": kind}}
+
+
 def _error(description: str, *headers: str) -> dict[str, Any]:
     out: dict[str, Any] = {
         "description": description,
@@ -142,10 +146,7 @@ def document() -> dict[str, Any]:
                         "202": {
                             "description": "Over the synchronous limit: queued as a job.",
                             "headers": {
-                                "Location": {
-                                    "description": "The job's status URL.",
-                                    "schema": {"type": "string"},
-                                },
+                                "Location": _header("The job's status URL."),
                                 "Retry-After": {"$ref": "#/components/headers/Retry-After"},
                             },
                             "content": job_content,
@@ -197,10 +198,7 @@ def document() -> dict[str, Any]:
                         "200": {
                             "description": "The file.",
                             "headers": {
-                                "Content-Length": {
-                                    "description": "The file's size in bytes.",
-                                    "schema": {"type": "integer"},
-                                },
+                                "Content-Length": _header("The file's size in bytes.", "integer"),
                                 "Content-Disposition": {
                                     "$ref": "#/components/headers/Content-Disposition"
                                 },
@@ -208,10 +206,7 @@ def document() -> dict[str, Any]:
                                     "description": 'The file\'s SHA-256: "sha256-<hex>".',
                                     "schema": {"type": "string"},
                                 },
-                                "Repr-Digest": {
-                                    "description": "RFC 9530: sha-256=:<base64>:",
-                                    "schema": {"type": "string"},
-                                },
+                                "Repr-Digest": _header("RFC 9530: sha-256=:<base64>:"),
                             },
                             "content": {
                                 **file_content,
@@ -263,23 +258,13 @@ def document() -> dict[str, Any]:
                 "signedLink": {"type": "apiKey", "in": "query", "name": "sig"},
             },
             "headers": {
-                "WWW-Authenticate": {
-                    "description": "The Bearer challenge (RFC 6750).",
-                    "schema": {"type": "string"},
-                },
+                "WWW-Authenticate": _header("The Bearer challenge (RFC 6750)."),
                 "Allow": {"description": "Allowed methods.", "schema": {"type": "string"}},
-                "Retry-After": {
-                    "description": "Seconds to wait before asking again.",
-                    "schema": {"type": "integer"},
-                },
-                "Content-Disposition": {
-                    "description": 'attachment; filename="audit-export-YYYYMMDD.<ext>"',
-                    "schema": {"type": "string"},
-                },
-                "X-Total-Records": {
-                    "description": "How many records the file holds.",
-                    "schema": {"type": "integer"},
-                },
+                "Retry-After": _header("Seconds to wait before asking again.", "integer"),
+                "Content-Disposition": _header(
+                    'attachment; filename="audit-export-YYYYMMDD.<ext>"'
+                ),
+                "X-Total-Records": _header("How many records the file holds.", "integer"),
             },
             "schemas": {
                 "Status": {

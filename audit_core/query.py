@@ -199,7 +199,7 @@ def count(conn: Connection, flt: AuditFilter, upto_seq: int | None = None) -> in
     row still carries the same chain hash (the hash commits to every row before it).
     Counts are therefore remembered per database and filter, and a later count adds
     only the rows appended since, found by primary key. The first count of a filter
-    walks the filter's index (prefixes as index ranges).
+    reads the day counts (no users) or walks the filter's index (see _count_stmt).
     """
     db = conn.engine.url
     if db.get_backend_name() == "sqlite" and db.database in (None, "", ":memory:"):
@@ -207,12 +207,7 @@ def count(conn: Connection, flt: AuditFilter, upto_seq: int | None = None) -> in
     key = (db.render_as_string(hide_password=True), flt)
     with _count_lock:
         hit = _COUNT_CACHE.get(key)
-    head = max_seq(conn) if upto_seq is None else upto_seq
-    if hit is not None and hit.seq <= head and _chain_at(conn, hit.seq) == hit.chain:
-        n = hit.n
-        if head > hit.seq:
-            n += int(conn.execute(_count_stmt(flt, head, hit.seq)).scalar() or 0)
-    elif upto_seq is None:
+    if hit is None and upto_seq is None:
         # One statement, one snapshot: the count and the highest key it covers.
         stmt = select(
             _count_stmt(flt, None).scalar_subquery(),
@@ -221,7 +216,13 @@ def count(conn: Connection, flt: AuditFilter, upto_seq: int | None = None) -> in
         n_, head_ = conn.execute(stmt).one()
         n, head = int(n_ or 0), int(head_ or 0)
     else:
-        n = int(conn.execute(_count_stmt(flt, head)).scalar() or 0)
+        head = max_seq(conn) if upto_seq is None else upto_seq
+        if hit is not None and hit.seq <= head and _chain_at(conn, hit.seq) == hit.chain:
+            n = hit.n
+            if head > hit.seq:
+                n += int(conn.execute(_count_stmt(flt, head, hit.seq)).scalar() or 0)
+        else:
+            n = int(conn.execute(_count_stmt(flt, head)).scalar() or 0)
     chain = hit.chain if hit is not None and hit.seq == head else _chain_at(conn, head)
     if chain is not None:
         with _count_lock:

@@ -27,15 +27,10 @@ T = TypeVar("T")
 FILTER_PARAMS = ("from", "to", "action", "user", "namespace")
 LIST_PARAMS = ("action", "user", "namespace")
 PREVIEW_ROWS = 500
+# The record's fields with the time first and the id last; the checksum is shown on select.
 PREVIEW_COLUMNS = (
     "timestamp",
-    "action",
-    "user",
-    "role",
-    "resource",
-    "resourceType",
-    "namespace",
-    "sourceIP",
+    *(f for f in FIELDS if f not in ("id", "timestamp", "checksum")),
     "id",
 )
 

@@ -31,9 +31,8 @@ from typing import IO, Any
 
 from sqlalchemy import Connection, Engine, and_, or_, select, update
 
-from . import access, export, jobs, store
+from . import access, export, jobs
 from .config import Settings
-from .filters import AuditFilter
 
 log = logging.getLogger(__name__)
 J = jobs.J
@@ -160,7 +159,7 @@ class Worker:
                     return None
                 if found.attempts >= MAX_ATTEMPTS:
                     # Its last worker died holding it: that was the final attempt.
-                    self._give_up(conn, found.job_id, runnable, now)
+                    self._give_up(conn, found.job_id, runnable)
                     continue
                 claimed = conn.execute(
                     update(J)
@@ -178,24 +177,12 @@ class Worker:
                     continue
                 return conn.execute(select(J).where(J.c.job_id == found.job_id)).one()
 
-    def _give_up(self, conn: Connection, job_id: str, runnable: Any, now: datetime) -> None:
+    def _give_up(self, conn: Connection, job_id: str, runnable: Any) -> None:
         error = (
             f"gave up after {MAX_ATTEMPTS} attempts: the worker running it stopped "
             "responding before it finished (lease expired)"
         )
-        done = conn.execute(
-            update(J)
-            .where(J.c.job_id == job_id, runnable)
-            .values(
-                state="failed",
-                finished_at=now,
-                last_error=error,
-                lease_owner=None,
-                lease_expires_at=None,
-            )
-        ).rowcount
-        if done:
-            _log_job_event(conn, self.settings, job_id, "audit.job.fail")
+        _fail_job(conn, self.settings, job_id, and_(J.c.job_id == job_id, runnable), error)
 
     # -- running --------------------------------------------------------------------------
 
@@ -206,16 +193,16 @@ class Worker:
         tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:12]}.part")
         log.info("export worker %s: running %s (attempt %d)", self.name, job_id, row.attempts)
         try:
+            plan = jobs.plan(row)
             with self.engine.connect() as conn:
-                refusal = access.export_refusal(
-                    conn, row.requested_by, AuditFilter.from_json(row.filter_json).namespaces
-                )
+                refusal = access.export_refusal(conn, row.requested_by, plan.filter.namespaces)
             if refusal is not None:
-                self._refused(job_id, refusal)
+                log.warning("export worker %s: %s refused: %s", self.name, job_id, refusal)
+                self._end_attempt(job_id, f"refused: {refusal}", retry_after=None)
                 return
             final.parent.mkdir(parents=True, exist_ok=True)
             _remove_stale_parts(final)
-            size, digest, rows = self._write(row, tmp)
+            size, digest, rows = self._write(row, plan, tmp)
             self._complete(job_id, tmp, final, size, digest, rows)
         except StopRequestedError:
             _unlink(tmp)
@@ -228,8 +215,7 @@ class Worker:
             log.exception("export worker %s: %s failed", self.name, job_id)
             self._failed(job_id, int(row.attempts), exc)
 
-    def _write(self, row: Any, tmp: Path) -> tuple[int, str, int]:
-        plan = jobs.plan(row)
+    def _write(self, row: Any, plan: export.ExportPlan, tmp: Path) -> tuple[int, str, int]:
         with open(tmp, "wb") as fh:
             sink = _HashingWriter(fh)
             out: Any = sink
@@ -333,41 +319,33 @@ class Worker:
             )
         log.info("export worker %s: released %s", self.name, job_id)
 
-    def _refused(self, job_id: str, why: str) -> None:
-        """The requester's access changed since queueing: fail the job now, no retry."""
-        log.warning("export worker %s: %s refused: %s", self.name, job_id, why)
+    def _failed(self, job_id: str, attempts: int, exc: Exception) -> None:
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+        if attempts >= MAX_ATTEMPTS:
+            self._end_attempt(job_id, f"failed after {attempts} attempts: {error}", None)
+        else:
+            # Back off before the next attempt (30 s, then 60 s by default): a full
+            # disk or a database restart gets time to clear.
+            wait = timedelta(seconds=self.timing.retry_seconds * 2 ** (attempts - 1))
+            self._end_attempt(job_id, error, retry_after=wait)
+
+    def _end_attempt(self, job_id: str, error: str, retry_after: timedelta | None) -> None:
+        """Queue the job again after retry_after, or (None) fail it for good, audited."""
         with self.engine.begin() as conn:
-            held = conn.execute(
+            if retry_after is None:
+                _fail_job(conn, self.settings, job_id, self._mine(job_id), error)
+                return
+            conn.execute(
                 update(J)
                 .where(self._mine(job_id))
                 .values(
-                    state="failed",
-                    finished_at=_now(),
-                    last_error=f"refused: {why}",
+                    state="queued",
+                    rows_written=0,
+                    last_error=error,
                     lease_owner=None,
-                    lease_expires_at=None,
+                    lease_expires_at=_now() + retry_after,  # when it may run again
                 )
-            ).rowcount
-            if held:
-                _log_job_event(conn, self.settings, job_id, "audit.job.fail")
-
-    def _failed(self, job_id: str, attempts: int, exc: Exception) -> None:
-        error = f"{type(exc).__name__}: {exc}"[:2000]
-        final = attempts >= MAX_ATTEMPTS
-        if final:
-            error = f"failed after {attempts} attempts: {error}"
-        with self.engine.begin() as conn:
-            values: dict[str, Any] = dict(last_error=error, lease_owner=None, lease_expires_at=None)
-            if final:
-                values.update(state="failed", finished_at=_now())
-            else:
-                # Back off before the next attempt (30 s, then 60 s by default): a full
-                # disk or a database restart gets time to clear.
-                wait = timedelta(seconds=self.timing.retry_seconds * 2 ** (attempts - 1))
-                values.update(state="queued", rows_written=0, lease_expires_at=_now() + wait)
-            held = conn.execute(update(J).where(self._mine(job_id)).values(**values)).rowcount
-            if held and final:
-                _log_job_event(conn, self.settings, job_id, "audit.job.fail")
+            )
 
 
 def sweep_expired(engine: Engine, settings: Settings, now: datetime | None = None) -> list[str]:
@@ -396,20 +374,36 @@ def sweep_expired(engine: Engine, settings: Settings, now: datetime | None = Non
     return expired
 
 
+def _fail_job(conn: Connection, settings: Settings, job_id: str, where: Any, error: str) -> None:
+    """Fail the job for good if `where` still holds, with one audit.job.fail record."""
+    done = conn.execute(
+        update(J)
+        .where(where)
+        .values(
+            state="failed",
+            finished_at=_now(),
+            last_error=error,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+    ).rowcount
+    if done:
+        _log_job_event(conn, settings, job_id, "audit.job.fail")
+
+
 def _log_job_event(conn: Connection, settings: Settings, job_id: str, action: str) -> None:
     """Write a job event as the person who asked for the job."""
     who = conn.execute(
         select(J.c.requested_by, J.c.requested_role, J.c.source_ip).where(J.c.job_id == job_id)
     ).one()
-    store.log_event(
+    actor = access.Principal(who.requested_by, who.requested_role, None, who.source_ip)
+    access.record(
         conn,
+        settings.self_namespace,
+        actor,
         action=action,
-        user=who.requested_by,
-        role=who.requested_role,
         resource=job_id,
         resource_type="ExportJob",
-        namespace=settings.self_namespace,
-        source_ip=who.source_ip,
     )
 
 

@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from audit_core import query, store  # noqa: E402
 from audit_core.db import make_engine, migrate, sqlite_module  # noqa: E402
 from audit_core.filters import AuditFilter  # noqa: E402
+from audit_core.models import AUDIT  # noqa: E402
 from audit_core.record import FIELDS, format_instant, from_micros  # noqa: E402
 
 PY = sys.executable
@@ -117,22 +118,7 @@ def ensure_pg(db: Path, n: int, regenerate: bool) -> str:
     t = time.perf_counter()
     eng = make_engine(pg_url(n, "postgresql+psycopg"))
     migrate(eng)
-    cols = [
-        "seq",
-        "id",
-        "ts",
-        "timestamp",
-        "action",
-        "user",
-        "user_lc",
-        "role",
-        "resource",
-        "resourceType",
-        "namespace",
-        "sourceIP",
-        "checksum",
-        "chain",
-    ]
+    cols = [c.name for c in AUDIT.columns]  # every column, keys and chain included
     qcols = ", ".join(f'"{c}"' for c in cols)
     with psycopg.connect(pg_url(n)) as c:
         with c.cursor() as cur:

@@ -150,6 +150,26 @@ def log_tail(source: subprocess.Popen[Any] | str | os.PathLike[str] | None, line
     return "\n".join(text.splitlines()[-lines:])
 
 
+def start_and_wait(
+    cmd: list[str],
+    url: str,
+    ready: Callable[[int, str], bool],
+    *,
+    env: dict[str, str],
+    cwd: Any,
+    log_path: Any,
+    timeout: float,
+) -> subprocess.Popen[Any]:
+    """Start a server and wait until ``url`` answers as ``ready`` says; stop it on failure."""
+    proc = start_process(cmd, env=env, cwd=cwd, log_path=log_path)
+    try:
+        wait_http(url, ready, timeout=timeout, proc=proc)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc
+
+
 def wait_http(
     url: str,
     predicate: Callable[[int, str], bool] | None = None,
@@ -252,18 +272,15 @@ def start_oidc_provider(
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("OIDC_")}
     env["NODE_ENV"] = "development"
-    proc = start_process(cmd, env=env, cwd=OIDC_DIR, log_path=log_path)
-    try:
-        wait_http(
-            f"http://127.0.0.1:{port}/.well-known/openid-configuration",
-            lambda status, body: status == 200 and '"issuer"' in body,
-            timeout=timeout,
-            proc=proc,
-        )
-    except BaseException:
-        stop_process(proc)
-        raise
-    return proc
+    return start_and_wait(
+        cmd,
+        f"http://127.0.0.1:{port}/.well-known/openid-configuration",
+        lambda status, body: status == 200 and '"issuer"' in body,
+        env=env,
+        cwd=OIDC_DIR,
+        log_path=log_path,
+        timeout=timeout,
+    )
 
 
 # --------------------------------------------------------------------------
@@ -362,18 +379,15 @@ def start_streamlit(
         # A path, not a list: the option then holds exactly this one file.
         cmd += ["--secrets.files", str(secrets_path)]
     cmd += list(extra_args)
-    proc = start_process(cmd, env=child_env, cwd=app_dir, log_path=log_path)
-    try:
-        wait_http(
-            f"http://127.0.0.1:{port}/_stcore/health",
-            lambda status, body: status == 200 and body.strip() == "ok",
-            timeout=timeout,
-            proc=proc,
-        )
-    except BaseException:
-        stop_process(proc)
-        raise
-    return proc
+    return start_and_wait(
+        cmd,
+        f"http://127.0.0.1:{port}/_stcore/health",
+        lambda status, body: status == 200 and body.strip() == "ok",
+        env=child_env,
+        cwd=app_dir,
+        log_path=log_path,
+        timeout=timeout,
+    )
 
 
 # --------------------------------------------------------------------------
