@@ -232,17 +232,7 @@ def upsert_user(
             conn.execute(insert(USERS).values(email=email, created_at=now, **values))
         else:
             conn.execute(update(USERS).where(USERS.c.email == email).values(**values))
-        record(
-            conn,
-            ns,
-            actor,
-            action="portal.user.change",
-            resource=f"{email}: {_describe(old, role, grants, True)}",
-            resource_type="PortalUser",
-        )
-        info = _get_user(conn, email)
-    assert info is not None
-    return info
+        return _changed(conn, ns, actor, email, _describe(old, role, grants, True))
 
 
 def remove_user(
@@ -268,15 +258,20 @@ def remove_user(
             .where(USERS.c.email == email)
             .values(active=False, updated_at=datetime.now(UTC))
         )
-        record(
-            conn,
-            ns,
-            actor,
-            action="portal.user.change",
-            resource=f"{email}: removed; {_describe(old, None, 'none', False)}",
-            resource_type="PortalUser",
-        )
-        info = _get_user(conn, email)
+        return _changed(conn, ns, actor, email, f"removed; {_describe(old, None, 'none', False)}")
+
+
+def _changed(conn: Connection, ns: str, actor: Principal, email: str, what: str) -> UserInfo:
+    """Audit a change to a user (one portal.user.change record) and return them as now."""
+    record(
+        conn,
+        ns,
+        actor,
+        action="portal.user.change",
+        resource=f"{email}: {what}",
+        resource_type="PortalUser",
+    )
+    info = _get_user(conn, email)
     assert info is not None
     return info
 
