@@ -142,11 +142,6 @@ def _day_counts_select() -> Any:
     )
 
 
-def day_counts_from_rows(conn: Connection) -> dict[tuple[int, str, str], int]:
-    """What audit_day_counts should hold, counted from the rows themselves."""
-    return {(int(d), ns, a): int(n) for d, ns, a, n in conn.execute(_day_counts_select()).all()}
-
-
 def day_counts_differ(conn: Connection) -> bool:
     """Whether audit_day_counts differs from the rows, compared in one statement.
 
