@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import os
 import re
 import secrets
 from collections.abc import Iterable, Mapping
@@ -22,13 +21,14 @@ from sqlalchemy import Connection, Engine, Table, func, insert, select, update
 
 from . import store
 from .config import Settings
+from .errors import BadRequestError, ConfigError, ForbiddenError, UnauthorizedError
 from .filters import AuditFilter
 from .models import ApiToken, PortalUser
 
 ROLES = ("admin", "auditor", "viewer")
 
 
-class AccessDenied(PermissionError):  # noqa: N818 - the names say what happened
+class AccessDeniedError(ForbiddenError):
     """The principal may not do this; the message says why, without leaking data."""
 
 
@@ -63,11 +63,20 @@ def scope(principal: Principal, flt: AuditFilter) -> AuditFilter:
     if flt.namespaces:
         outside = [n for n in flt.namespaces if n not in principal.namespaces]
         if outside:
-            raise AccessDenied(f"you have no access to namespace {', '.join(outside)}")
+            raise AccessDeniedError(f"you have no access to namespace {', '.join(outside)}")
         return flt
     if not principal.namespaces:
-        raise AccessDenied("you have no namespace grants")
+        raise AccessDeniedError("you have no namespace grants")
     return flt.with_namespaces(sorted(principal.namespaces))
+
+
+NO_EXPORT = "your role may view records but not export them"
+
+
+def require_export(who: Principal) -> None:
+    """Refuse principals whose role may only view."""
+    if not who.can_export:
+        raise AccessDeniedError(NO_EXPORT)
 
 
 LOCAL_ADMIN = Principal(email="local-admin", role="admin", namespaces=None, source_ip="127.0.0.1")
@@ -85,15 +94,11 @@ MAX_TOKEN_DAYS = 3650
 LAST_USED_GRANULARITY = timedelta(minutes=1)
 
 
-class Unauthorized(PermissionError):  # noqa: N818 - the names say what happened
-    """No valid credential was presented (HTTP 401); the message says which check failed."""
-
-
-class UserError(ValueError):
+class UserError(BadRequestError):
     """A user or token request that cannot be carried out (bad email, role, grant, unknown)."""
 
 
-class UnsafeLocalMode(RuntimeError):  # noqa: N818 - the names say what happened
+class UnsafeLocalModeError(ConfigError):
     """Sign-in is off and the server would listen beyond loopback."""
 
 
@@ -157,7 +162,7 @@ def _get_user(conn: Connection, email: str) -> UserInfo | None:
 
 def _require_admin(actor: Principal, what: str) -> None:
     if not actor.is_admin:
-        raise AccessDenied(f"only an administrator may {what}")
+        raise AccessDeniedError(f"only an administrator may {what}")
 
 
 def record(
@@ -376,10 +381,8 @@ def _bootstrap_admin(engine: Engine, email: str, settings: Settings, source_ip: 
 
 
 def _self_namespace(settings: Settings | None) -> str:
-    """The namespace of the portal's own records, without building full settings."""
-    if settings is not None:
-        return settings.self_namespace
-    return os.environ.get("AUDIT_SELF_NAMESPACE", "") or Settings.self_namespace
+    """The namespace of the portal's own records (the default one when none is given)."""
+    return (settings or Settings()).self_namespace
 
 
 # --------------------------------------------------------------------------- tokens
@@ -489,16 +492,16 @@ _NO_HASH = _hash("aep_00000000_" + "x" * 43)
 def authenticate_token(
     engine: Engine, token: str | None, source_ip: str = "", *, now: datetime | None = None
 ) -> Principal:
-    """Return the principal a bearer token stands for, or raise Unauthorized.
+    """Return the principal a bearer token stands for, or raise UnauthorizedError.
 
     Refuses a missing, malformed, unknown, expired or revoked token and a token whose
     user was removed. The hash is compared in constant time.
     """
     if not token:
-        raise Unauthorized("an API token is required: send Authorization: Bearer <token>")
+        raise UnauthorizedError("an API token is required: send Authorization: Bearer <token>")
     m = _TOKEN_RE.match(token.strip())
     if m is None:
-        raise Unauthorized("the API token is malformed")
+        raise UnauthorizedError("the API token is malformed")
     plaintext = m.group(0)
     prefix = f"{TOKEN_SCHEME}_{m.group(1)}"
     now = now or datetime.now(UTC)
@@ -507,15 +510,15 @@ def authenticate_token(
         stored = row.token_hash if row is not None else _NO_HASH
         matches = hmac.compare_digest(stored.encode(), _hash(plaintext).encode())
         if row is None or not matches:
-            raise Unauthorized("the API token is not valid")
+            raise UnauthorizedError("the API token is not valid")
         if row.revoked_at is not None:
-            raise Unauthorized(f"API token {prefix} was revoked")
+            raise UnauthorizedError(f"API token {prefix} was revoked")
         if row.expires_at <= now:
-            raise Unauthorized(f"API token {prefix} has expired")
+            raise UnauthorizedError(f"API token {prefix} has expired")
         user = _get_user(conn, row.email)
         last_used = row.last_used_at
     if user is None or not user.active:
-        raise Unauthorized(f"API token {prefix} belongs to a user who no longer has access")
+        raise UnauthorizedError(f"API token {prefix} belongs to a user who no longer has access")
     if last_used is None or now - last_used >= LAST_USED_GRANULARITY:
         with engine.begin() as conn:
             conn.execute(update(TOKENS).where(TOKENS.c.prefix == prefix).values(last_used_at=now))
@@ -658,7 +661,7 @@ def check_local_mode(server_address: str | None, auth_configured: bool) -> None:
     if auth_configured or is_loopback(server_address or ""):
         return
     shown = server_address or "(every interface)"
-    raise UnsafeLocalMode(
+    raise UnsafeLocalModeError(
         f"refusing to start: sign-in is off (no [auth] in .streamlit/secrets.toml), so the "
         f"portal runs in local mode where everyone is an administrator, and server.address "
         f"is {shown}, which is not loopback. Set server.address to 127.0.0.1 or configure "

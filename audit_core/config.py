@@ -1,17 +1,20 @@
-"""Settings read from the environment (and, for the portal, Streamlit secrets)."""
+"""Every setting, read and validated in one place: `Settings.from_env()`.
+
+No other module reads the environment: the server, the CLI and the workers build
+`Settings` once and pass it down; tests construct `Settings(...)` directly.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import ConfigError
+
 DEFAULT_DATABASE_URL = "sqlite:///data/audit.db"
-
-
-class ConfigError(ValueError):
-    """A setting has a value the portal cannot use."""
 
 
 def _int(env: dict[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -27,6 +30,47 @@ def _int(env: dict[str, str], name: str, default: int, minimum: int = 1) -> int:
     return value
 
 
+def _seconds(env: dict[str, str], name: str, default: float, scale: float = 1.0) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{name} must be a number of at least 0, got {raw!r}")
+    return value * scale
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How a worker paces itself (AUDIT_WORKER_*); tests use short leases."""
+
+    lease_seconds: float = 60.0
+    heartbeat_seconds: float = 3.0
+    poll_seconds: float = 2.0
+    sweep_seconds: float = 60.0
+    retry_seconds: float = 30.0  # a failed attempt waits this long, doubled each time
+    batch_delay: float = 0.0  # test-only slow-down after each chunk
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Timing:
+        """Read AUDIT_WORKER_LEASE_SECONDS, _HEARTBEAT_SECONDS, _POLL_SECONDS, _SWEEP_SECONDS,
+        _RETRY_SECONDS and _BATCH_DELAY_MS."""
+        env = dict(os.environ if env is None else env)
+        return cls(
+            lease_seconds=_seconds(env, "AUDIT_WORKER_LEASE_SECONDS", cls.lease_seconds),
+            heartbeat_seconds=_seconds(
+                env, "AUDIT_WORKER_HEARTBEAT_SECONDS", cls.heartbeat_seconds
+            ),
+            poll_seconds=_seconds(env, "AUDIT_WORKER_POLL_SECONDS", cls.poll_seconds),
+            sweep_seconds=_seconds(env, "AUDIT_WORKER_SWEEP_SECONDS", cls.sweep_seconds),
+            retry_seconds=_seconds(env, "AUDIT_WORKER_RETRY_SECONDS", cls.retry_seconds),
+            batch_delay=_seconds(env, "AUDIT_WORKER_BATCH_DELAY_MS", 0.0, scale=1 / 1000),
+        )
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
@@ -39,6 +83,7 @@ class Settings:
     secret_key: str = field(default="", repr=False)
     max_concurrent_streams: int = 2
     max_queued_jobs: int = 5
+    timing: Timing = field(default_factory=Timing)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -60,6 +105,7 @@ class Settings:
             secret_key=env.get("AUDIT_SECRET_KEY", "") or _local_secret(export_dir),
             max_concurrent_streams=_int(env, "AUDIT_MAX_CONCURRENT_STREAMS", 2),
             max_queued_jobs=_int(env, "AUDIT_MAX_QUEUED_JOBS", 5),
+            timing=Timing.from_env(env),
         )
 
     @property

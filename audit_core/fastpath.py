@@ -40,13 +40,11 @@ from sqlalchemy import Connection, and_, literal_column, select
 
 from .filters import AuditFilter
 from .models import AUDIT
-from .record import FIELDS
+from .record import FIELDS, FREE_TEXT
 
 T = AUDIT
 BATCH = 5_000
 PG_BATCH = 2_000  # COPY rows per yielded chunk
-# Columns whose values are free text (neutralised in CSV); matches formats._FREE_TEXT.
-_FREE_TEXT = tuple(f for f in FIELDS if f not in ("id", "timestamp", "checksum"))
 
 
 def _q(name: str) -> str:
@@ -62,7 +60,7 @@ def _sqlite_csv_line() -> str:
     (the source address may also start with '.' to '<': digits, ':') needs no prefix.
     """
     ip = _q("sourceIP")
-    clean = " AND ".join(f"{_q(f)} >= 'A'" for f in _FREE_TEXT if f != "sourceIP")
+    clean = " AND ".join(f"{_q(f)} >= 'A'" for f in FREE_TEXT if f != "sourceIP")
     clean += f" AND ({ip} >= 'A' OR ({ip} >= '.' AND {ip} < '='))"
     cells = " || x'ff' || ".join(_q(f) for f in FIELDS)
     return f"CAST((CASE WHEN {clean} THEN x'' ELSE x'fd' END) || {cells} AS BLOB)"
@@ -148,7 +146,7 @@ def _sqlite_csv(conn: Connection, flt: AuditFilter, upto_seq: int | None) -> Ite
 
 
 _LEAD = frozenset(b"=+-@\t\r\n'")
-_FREE_IDX = tuple(FIELDS.index(f) for f in _FREE_TEXT)
+_FREE_IDX = tuple(FIELDS.index(f) for f in FREE_TEXT)
 
 
 def _exact_line(line: bytes) -> bytes:

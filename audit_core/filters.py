@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Table, and_, or_, true
 
+from .errors import BadRequestError
 from .record import format_instant, parse_instant, to_micros
 
 FORMATS = ("csv", "json", "jsonl")
@@ -20,7 +21,7 @@ MAX_VALUES = 50  # values in one comma list
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class FilterError(ValueError):
+class FilterError(BadRequestError):
     """Bad filter input; message is fit to show the person who typed it."""
 
     def __init__(self, message: str, field: str | None = None) -> None:

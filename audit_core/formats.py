@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from .record import FIELDS
+from .record import FIELDS, FREE_TEXT
 
 CSV_HEADER = ",".join(FIELDS) + "\r\n"
 FORMULA_LEAD = ("=", "+", "-", "@", "\t", "\r", "\n", "'")
@@ -21,7 +21,7 @@ CONTENT_TYPES = {
 }
 EXTENSIONS = {"csv": "csv", "json": "json", "jsonl": "jsonl"}
 # Columns whose values are free text; id, timestamp and checksum have fixed shapes.
-_FREE_TEXT = tuple(i for i, f in enumerate(FIELDS) if f not in ("id", "timestamp", "checksum"))
+_FREE_TEXT = tuple(FIELDS.index(f) for f in FREE_TEXT)
 
 Row = tuple[str, ...]
 

@@ -14,16 +14,16 @@ import orjson
 from sqlalchemy import Engine
 
 from . import store
+from .errors import BadRequestError
 from .formats import restore
-from .record import CHECKED_FIELDS, FIELDS, Record, RecordError, normalize
+from .record import CHECKED_FIELDS, FIELDS, FREE_TEXT, Record, RecordError, normalize
 
 FORMATS = ("json", "jsonl", "csv")
 CHECK_BATCH = 5_000
 MAX_REPORTED = 20
-_FREE_TEXT = [f for f in FIELDS if f not in ("id", "timestamp", "checksum")]
 
 
-class IngestError(ValueError):
+class IngestError(BadRequestError):
     """The file was refused whole; `problems` lists (position, reason)."""
 
     def __init__(self, problems: list[tuple[int, str]], total_bad: int) -> None:
@@ -97,7 +97,7 @@ def read_raw(fh: IO[bytes], fmt: str) -> Iterator[Any]:
                 yield _Bad(f"has {len(row)} cells, the header has {len(header)}")
                 continue
             rec = dict(zip(header, row, strict=True))
-            for f in _FREE_TEXT:
+            for f in FREE_TEXT:
                 rec[f] = restore(rec[f])
             yield rec
 

@@ -1,15 +1,23 @@
-"""Background export jobs: enqueue, look up, list, cancel, describe; where their files live.
+r"""Background export jobs: every state a job goes through, and every transition, here.
 
 A job is an export plan written down: the scoped filter (end resolved), the format, the
 snapshot bound and the instant it was planned. Any worker rebuilds exactly the same bytes
-from it (`plan`), whenever it runs. The workers themselves live in `worker.py`.
+from it (`ClaimedJob.plan`), whenever it runs. As procrastinate's JobManager does, this
+module owns the lifecycle; `worker.py` only loops, writes files and calls it.
 
-    decide: service.is_immediate(plan, settings)
+    queued --claim--> processing --complete--> completed --expire--> expired
+      |  ^               |  |  \--release (stop)--> queued
+      |  '--retry_later--'  '--fail--> failed
+      '--cancel--> cancelled
+
+Every change after the claim goes through `_transition` with the lease-holder guard
+(`_held`): a worker that lost its job (it stalled past the lease) changes nothing.
+
     enqueue(engine, plan, who, settings, *, compression="none") -> JobInfo
     get_for(conn, job_id, who) -> JobInfo | None      # None when unknown or not visible
     list_for(conn, who, *, limit=100, state=None, requested_by=None) -> list[JobInfo]
     cancel(engine, job_id, who, settings) -> JobInfo
-    document(job, now=None) -> dict                    # the seed's AuditExportJob body
+    claim / renew / complete / release / retry_later / fail / give_up / expire_due
     file_path(settings, job) -> Path
 """
 
@@ -17,45 +25,71 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Row, Table, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Row,
+    Table,
+    and_,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from . import access, export, store
-from .access import AccessDenied, Principal
+from .access import Principal
 from .config import Settings
+from .errors import ConflictError, NotFoundError, TooManyRequestsError
 from .filters import AuditFilter
-from .formats import EXTENSIONS, filename
+from .formats import EXTENSIONS
 from .models import ExportJob
-from .record import format_instant
 
 J = cast(Table, ExportJob.__table__)
-STATES = ("queued", "processing", "completed", "failed", "cancelled", "expired")
-ACTIVE = ("queued", "processing")
+
+
+class JobState(StrEnum):
+    """Where a job stands; stored as the member's value."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+STATES = tuple(s.value for s in JobState)
+ACTIVE = (JobState.QUEUED.value, JobState.PROCESSING.value)
 COMPRESSIONS = ("none", "gzip")
-JOB_ID_RE = re.compile(r"^export-\d{8}-\d{3,}$")
-DOWNLOAD_URL = "/api/v1/audit/export/download/{job_id}"
+JOB_ID_PATTERN = r"^export-\d{8}-\d{3,}$"
+JOB_ID_RE = re.compile(JOB_ID_PATTERN)
+MAX_ATTEMPTS = 3
+TOO_MANY_RETRY_SECONDS = 60  # a queue slot frees when a job finishes: minutes, not seconds
 
 
-class JobError(Exception):
-    """A job request that cannot be done; the message is fit to show the person asking."""
-
-
-class TooManyJobs(JobError):  # noqa: N818 - the name callers code against
+class TooManyJobsError(TooManyRequestsError):
     """The principal already has as many queued or running jobs as allowed."""
 
     def __init__(self, limit: int) -> None:
         super().__init__(
             f"you already have {limit} export jobs queued or running (the limit); "
-            "wait for one to finish or cancel one"
+            "wait for one to finish or cancel one",
+            retry_after=TOO_MANY_RETRY_SECONDS,
         )
         self.limit = limit
 
 
-class JobNotFound(JobError, LookupError):  # noqa: N818 - reads like TooManyJobs
+class JobNotFoundError(NotFoundError):
     """No such job, or not one the principal may see (the two look the same on purpose)."""
 
     def __init__(self, job_id: str) -> None:
@@ -63,13 +97,21 @@ class JobNotFound(JobError, LookupError):  # noqa: N818 - reads like TooManyJobs
         self.job_id = job_id
 
 
-class JobNotCancellable(JobError):  # noqa: N818 - reads like TooManyJobs
+class JobNotCancellableError(ConflictError):
     """Only a queued job can be cancelled."""
 
     def __init__(self, job_id: str, state: str) -> None:
         super().__init__(f"export job {job_id} is {state}; only a queued job can be cancelled")
         self.job_id = job_id
         self.state = state
+
+
+class LeaseLostError(ConflictError):
+    """Another worker took the job over, or it left the processing state."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"the lease on export job {job_id} was lost")
+        self.job_id = job_id
 
 
 @dataclass(frozen=True)
@@ -117,8 +159,7 @@ def enqueue(
 
     The plan must already be scoped to `who` (service.plan_export does that).
     """
-    if not who.can_export:
-        raise AccessDenied("your role may view records but not export them")
+    access.require_export(who)
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}")
     assert plan.filter.end is not None, "plan the export first: its end must be resolved"
@@ -131,13 +172,13 @@ def enqueue(
             select(func.count()).select_from(J).where(_owner_clause(who), J.c.state.in_(ACTIVE))
         ).scalar_one()
         if active >= settings.max_queued_jobs:
-            raise TooManyJobs(settings.max_queued_jobs)
+            raise TooManyJobsError(settings.max_queued_jobs)
         job_id = store.next_id(conn, f"export-{created:%Y%m%d}")
         scope = None if who.namespaces is None else sorted(who.namespaces)
         conn.execute(
             insert(J).values(
                 job_id=job_id,
-                state="queued",
+                state=JobState.QUEUED.value,
                 requested_by=who.email,
                 requested_role=who.role,
                 scope=json.dumps(scope),
@@ -150,7 +191,7 @@ def enqueue(
                 source_ip=who.source_ip,
                 created_at=created,
                 # Until the job completes this is an estimate; it also carries the TTL
-                # the job was queued under (see document()).
+                # the job was queued under (see http.documents).
                 expires_at=created + timedelta(hours=settings.export_ttl_hours),
                 rows_written=0,
                 attempts=0,
@@ -200,17 +241,15 @@ def list_for(
 def cancel(engine: Engine, job_id: str, who: Principal, settings: Settings) -> JobInfo:
     """Cancel a queued job (owner or admin) and audit it; raise JobNotFound/JobNotCancellable."""
     with engine.begin() as conn:
-        stmt = update(J).where(J.c.job_id == job_id, J.c.state == "queued")
+        where = and_(J.c.job_id == job_id, J.c.state == JobState.QUEUED.value)
         if not who.is_admin:
-            stmt = stmt.where(_owner_clause(who))
-        now = datetime.now(UTC)
+            where = and_(where, _owner_clause(who))
         # Conditional on 'queued', so a worker's claim and a cancel cannot both win.
-        done = conn.execute(stmt.values(state="cancelled", finished_at=now)).rowcount
-        if not done:
+        if not _transition(conn, where, state=JobState.CANCELLED.value, finished_at=_now()):
             job = get_for(conn, job_id, who)
             if job is None:
-                raise JobNotFound(job_id)
-            raise JobNotCancellable(job_id, job.state)
+                raise JobNotFoundError(job_id)
+            raise JobNotCancellableError(job_id, job.state)
         access.record(
             conn,
             settings.self_namespace,
@@ -222,40 +261,6 @@ def cancel(engine: Engine, job_id: str, who: Principal, settings: Settings) -> J
         job = get_for(conn, job_id, who)
     assert job is not None
     return job
-
-
-def document(job: JobInfo, now: datetime | None = None) -> dict[str, Any]:
-    """The seed's AuditExportJob body, with progress fields after the seed's own."""
-    status: dict[str, Any] = {
-        "state": job.state,
-        "estimatedRecords": job.estimated_records,
-        "downloadUrl": DOWNLOAD_URL.format(job_id=job.job_id),
-        "expiresAt": _expires_text(job, now),
-        "rowsWritten": job.rows_written,
-    }
-    if job.state in ("completed", "expired"):
-        status["fileSize"] = job.file_size
-        status["sha256"] = job.file_sha256
-    if job.state == "failed" and job.last_error:
-        status["error"] = job.last_error
-    return {
-        "apiVersion": "v1",
-        "kind": "AuditExportJob",
-        "metadata": {"jobId": job.job_id},
-        "status": status,
-    }
-
-
-def _expires_text(job: JobInfo, now: datetime | None) -> str | None:
-    if job.expires_at is None or job.state in ("failed", "cancelled"):
-        return None  # no file will ever exist
-    if job.state in ("completed", "expired"):
-        return format_instant(job.expires_at)
-    # Not finished yet: the file will live at least TTL from now. The stored estimate is
-    # created_at + TTL, so the job carries the TTL it was queued under.
-    ttl = job.expires_at - job.created_at
-    now = now or datetime.now(UTC)
-    return format_instant(max(job.expires_at, now + ttl).replace(microsecond=0))
 
 
 def file_path(settings: Settings, job: JobInfo) -> Path:
@@ -270,25 +275,270 @@ def file_name(job_id: str, fmt: str, compression: str) -> str:
     return name + ".gz" if compression == "gzip" else name
 
 
-def download_name(job: JobInfo) -> str:
-    """The attachment name offered to the browser: audit-export-YYYYMMDD.<ext>[.gz]."""
-    return filename(job.format, job.created_at, job.compression)
-
-
 def is_expired(job: JobInfo, now: datetime | None = None) -> bool:
     """True when the file is gone or past its expiry (even before the sweep ran)."""
-    if job.state == "expired":
+    if job.state == JobState.EXPIRED.value:
         return True
-    now = now or datetime.now(UTC)
-    return job.state == "completed" and job.expires_at is not None and job.expires_at <= now
+    now = now or _now()
+    return (
+        job.state == JobState.COMPLETED.value
+        and job.expires_at is not None
+        and job.expires_at <= now
+    )
 
 
-def plan(row: Any) -> export.ExportPlan:
-    """Rebuild a job's export plan from its stored row: same filter, snapshot and instant."""
-    return export.ExportPlan(
-        AuditFilter.from_json(row.filter_json),
-        row.format,
-        int(row.snapshot_seq),
-        int(row.estimated_records),
-        row.created_at,
+# -- the lease lifecycle (workers) -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job a worker holds under a lease: what it needs to build and publish the file."""
+
+    job_id: str
+    format: str
+    compression: str
+    filter_json: str
+    snapshot_seq: int
+    estimated_records: int
+    created_at: datetime
+    requested_by: str
+    attempts: int
+    lease_owner: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> ClaimedJob:
+        """Read a stored export_jobs row."""
+        return cls(
+            job_id=str(row.job_id),
+            format=str(row.format),
+            compression=str(row.compression),
+            filter_json=str(row.filter_json),
+            snapshot_seq=int(row.snapshot_seq),
+            estimated_records=int(row.estimated_records),
+            created_at=row.created_at,
+            requested_by=str(row.requested_by),
+            attempts=int(row.attempts),
+            lease_owner=row.lease_owner,
+        )
+
+    @property
+    def file_name(self) -> str:
+        return file_name(self.job_id, self.format, self.compression)
+
+    def plan(self) -> export.ExportPlan:
+        """Rebuild the export plan: same filter, snapshot and instant as when it was queued."""
+        return export.ExportPlan(
+            AuditFilter.from_json(self.filter_json),
+            self.format,
+            self.snapshot_seq,
+            self.estimated_records,
+            self.created_at,
+        )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _transition(conn: Connection, where: ColumnElement[bool], **values: Any) -> bool:
+    """Change the jobs matching `where`; True when one did. Every state change comes here."""
+    return bool(conn.execute(update(J).where(where).values(**values)).rowcount)
+
+
+def _held(job: ClaimedJob) -> ColumnElement[bool]:
+    """The lease guard: the job is still processing under this worker's lease."""
+    return and_(
+        J.c.job_id == job.job_id,
+        J.c.state == JobState.PROCESSING.value,
+        J.c.lease_owner == job.lease_owner,
+    )
+
+
+def _runnable(now: datetime) -> ColumnElement[bool]:
+    # A queued job's lease_expires_at, when set, is its retry time; a processing job
+    # whose lease ran out lost its worker.
+    return or_(
+        and_(
+            J.c.state == JobState.QUEUED.value,
+            or_(J.c.lease_expires_at.is_(None), J.c.lease_expires_at <= now),
+        ),
+        and_(J.c.state == JobState.PROCESSING.value, J.c.lease_expires_at < now),
+    )
+
+
+def claim(
+    engine: Engine, owner: str, lease_seconds: float, settings: Settings
+) -> ClaimedJob | None:
+    """Take the oldest runnable job under a fresh lease; give up on jobs out of attempts.
+
+    `FOR UPDATE SKIP LOCKED` on PostgreSQL; on SQLite the conditional UPDATE is atomic.
+    """
+    while True:
+        now = _now()
+        with engine.begin() as conn:
+            runnable = _runnable(now)
+            pick = select(J.c.job_id, J.c.attempts).where(runnable)
+            pick = pick.order_by(J.c.created_at, J.c.job_id).limit(1)
+            if conn.dialect.name == "postgresql":
+                pick = pick.with_for_update(skip_locked=True)
+            found = conn.execute(pick).first()
+            if found is None:
+                return None
+            if found.attempts >= MAX_ATTEMPTS:
+                # Its last worker died holding it: that was the final attempt.
+                _give_up(conn, settings, found.job_id, runnable)
+                continue
+            if not _transition(
+                conn,
+                and_(J.c.job_id == found.job_id, runnable),
+                state=JobState.PROCESSING.value,
+                lease_owner=owner,
+                lease_expires_at=now + timedelta(seconds=lease_seconds),
+                attempts=J.c.attempts + 1,
+                started_at=now,
+                rows_written=0,
+            ):
+                continue  # SQLite: another worker won this one; look again
+            return ClaimedJob.from_row(
+                conn.execute(select(J).where(J.c.job_id == found.job_id)).one()
+            )
+
+
+def _give_up(conn: Connection, settings: Settings, job_id: str, runnable: Any) -> None:
+    error = (
+        f"gave up after {MAX_ATTEMPTS} attempts: the worker running it stopped "
+        "responding before it finished (lease expired)"
+    )
+    _fail(conn, settings, job_id, and_(J.c.job_id == job_id, runnable), error)
+
+
+def renew(engine: Engine, job: ClaimedJob, lease_seconds: float, rows: int) -> None:
+    """Extend the lease and report progress; raise LeaseLostError if it is no longer ours."""
+    lease = _now() + timedelta(seconds=lease_seconds)
+    with engine.begin() as conn:
+        if not _transition(conn, _held(job), lease_expires_at=lease, rows_written=rows):
+            raise LeaseLostError(job.job_id)
+
+
+def complete(
+    engine: Engine,
+    job: ClaimedJob,
+    settings: Settings,
+    *,
+    size: int,
+    digest: str,
+    rows: int,
+    publish: Callable[[], None],
+) -> None:
+    """Mark the job completed and publish its file while the row is still ours, audited."""
+    now = _now()
+    expires = now + timedelta(hours=settings.export_ttl_hours)
+    with engine.begin() as conn:
+        if not _transition(
+            conn,
+            _held(job),
+            state=JobState.COMPLETED.value,
+            finished_at=now,
+            expires_at=expires,
+            rows_written=rows,
+            file_name=job.file_name,
+            file_size=size,
+            file_sha256=digest,
+            last_error=None,
+            lease_expires_at=None,  # lease_owner stays: who built the file
+        ):
+            raise LeaseLostError(job.job_id)
+        # Published only while the row is locked as ours; if the commit then failed the
+        # job would simply run again and write the same bytes.
+        publish()
+        _log_event(conn, settings, job.job_id, "audit.job.complete")
+
+
+def release(engine: Engine, job: ClaimedJob) -> None:
+    """Hand an interrupted job back to the queue; the interruption is not a failure."""
+    with engine.begin() as conn:
+        _transition(
+            conn,
+            _held(job),
+            state=JobState.QUEUED.value,
+            lease_owner=None,
+            lease_expires_at=None,
+            started_at=None,
+            rows_written=0,
+            attempts=J.c.attempts - 1,
+        )
+
+
+def retry_later(engine: Engine, job: ClaimedJob, error: str, wait: timedelta) -> None:
+    """Queue the job again, runnable after `wait`, with the attempt's error on show."""
+    with engine.begin() as conn:
+        _transition(
+            conn,
+            _held(job),
+            state=JobState.QUEUED.value,
+            rows_written=0,
+            last_error=error,
+            lease_owner=None,
+            lease_expires_at=_now() + wait,  # when it may run again
+        )
+
+
+def fail(engine: Engine, job: ClaimedJob, settings: Settings, error: str) -> None:
+    """Fail the held job for good, with one audit.job.fail record."""
+    with engine.begin() as conn:
+        _fail(conn, settings, job.job_id, _held(job), error)
+
+
+def _fail(conn: Connection, settings: Settings, job_id: str, where: Any, error: str) -> None:
+    if _transition(
+        conn,
+        where,
+        state=JobState.FAILED.value,
+        finished_at=_now(),
+        last_error=error,
+        lease_owner=None,
+        lease_expires_at=None,
+    ):
+        _log_event(conn, settings, job_id, "audit.job.fail")
+
+
+def expire_due(
+    engine: Engine,
+    settings: Settings,
+    remove_file: Callable[[str], None],
+    now: datetime | None = None,
+) -> list[str]:
+    """Mark completed jobs past their expiry expired and remove their files (by file name)."""
+    now = now or _now()
+    with engine.connect() as conn:
+        due = conn.execute(
+            select(J.c.job_id, J.c.format, J.c.compression)
+            .where(J.c.state == JobState.COMPLETED.value, J.c.expires_at <= now)
+            .order_by(J.c.expires_at)
+        ).all()
+    expired = []
+    for job_id, fmt, compression in due:
+        with engine.begin() as conn:
+            where = and_(J.c.job_id == job_id, J.c.state == JobState.COMPLETED.value)
+            if not _transition(conn, where, state=JobState.EXPIRED.value):
+                continue  # another worker swept it
+            remove_file(file_name(job_id, fmt, compression))
+            _log_event(conn, settings, job_id, "audit.job.expire")
+        expired.append(job_id)
+    return expired
+
+
+def _log_event(conn: Connection, settings: Settings, job_id: str, action: str) -> None:
+    """Write a job event as the person who asked for the job."""
+    who = conn.execute(
+        select(J.c.requested_by, J.c.requested_role, J.c.source_ip).where(J.c.job_id == job_id)
+    ).one()
+    actor = Principal(who.requested_by, who.requested_role, None, who.source_ip)
+    access.record(
+        conn,
+        settings.self_namespace,
+        actor,
+        action=action,
+        resource=job_id,
+        resource_type="ExportJob",
     )

@@ -22,10 +22,11 @@ from sqlalchemy import (
     union_all,
 )
 
+from .errors import BadRequestError
 from .filters import AuditFilter
 from .models import AUDIT, DAYS
 from .record import FIELDS, to_micros
-from .store import DAY_US
+from .store import DAY_US, floor_bucket
 
 T = AUDIT
 EXPORT_COLUMNS = (
@@ -44,7 +45,7 @@ STREAM_BATCH = 5_000
 Row = tuple[str, ...]
 
 
-class PageTokenError(ValueError):
+class PageTokenError(BadRequestError):
     """A 'next page' token that was not made by us."""
 
 
@@ -367,11 +368,6 @@ def summary(conn: Connection, flt: AuditFilter) -> Summary:
 BUCKETS = {"hour": 3_600_000_000, "day": 86_400_000_000}
 
 
-def _bucket(ts: Any, width: int) -> Any:
-    """floor(ts / width) on both engines (integer division truncates toward zero)."""
-    return (ts - ((ts % width) + width) % width) // width
-
-
 def _grouped(conn: Connection, flt: AuditFilter, key: str, *, daily: bool) -> list[Any] | None:
     """Counts of flt per `key` (action or namespace), per UTC day too when daily.
 
@@ -385,7 +381,7 @@ def _grouped(conn: Connection, flt: AuditFilter, key: str, *, daily: bool) -> li
     d0, d1 = days
     dims = replace(flt, start=None, end=None)
     day_cols = [DAYS.c.day, DAYS.c[key]] if daily else [DAYS.c[key]]
-    log_cols = [_bucket(T.c.ts, DAY_US), T.c[key]] if daily else [T.c[key]]
+    log_cols = [floor_bucket(T.c.ts, DAY_US), T.c[key]] if daily else [T.c[key]]
     in_days = _in_days(flt, d0, d1)
     parts = [select(*day_cols, func.sum(DAYS.c.n)).where(*in_days).group_by(*day_cols)]
     for lo, hi in _edges(flt, d0, d1):
@@ -406,7 +402,7 @@ def histogram(
     key = "namespace" if by == "namespace" else "action"
     rows = _grouped(conn, flt, key, daily=True) if bucket == "day" else None
     if rows is None:
-        b = _bucket(T.c.ts, width)
+        b = floor_bucket(T.c.ts, width)
         stmt = select(b, T.c[key], func.count()).where(_where(flt, None)).group_by(b, T.c[key])
         rows = list(conn.execute(stmt).all())
     folded: dict[tuple[int, str], int] = {}

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from .errors import BadRequestError
+
 FIELDS: tuple[str, ...] = (
     "id",
     "timestamp",
@@ -23,12 +25,14 @@ FIELDS: tuple[str, ...] = (
 )
 CHECKED_FIELDS = FIELDS[:-1]
 ID_RE = re.compile(r"^audit-(\d{8})-(\d{3,})$")
+# Fields whose values are free text: neutralised in CSV cells, checked for length at ingest.
+FREE_TEXT: tuple[str, ...] = tuple(f for f in FIELDS if f not in ("id", "timestamp", "checksum"))
 MAX_FIELD = {"resource": 4000}
 DEFAULT_MAX = 320
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-class RecordError(ValueError):
+class RecordError(BadRequestError):
     """A record that cannot be stored, with the reason in words."""
 
 

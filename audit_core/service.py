@@ -2,9 +2,9 @@
 
 There is no unscoped path from the UI or the API to the log: each function scopes
 the filter to the principal's grants first (access.scope), refuses a namespace
-outside them (AccessDenied), and refuses exports to roles that may only view.
+outside them (AccessDeniedError), and refuses exports to roles that may only view.
 These functions raise and never write the denial themselves: the face that catches
-AccessDenied answers it (403, or a message) and records it once with access.denied.
+AccessDeniedError answers it (403, or a message) and records it once with access.denied.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from datetime import datetime
 from sqlalchemy import Connection, Engine
 
 from . import access, export, query
-from .access import AccessDenied, Principal, scope
+from .access import AccessDeniedError, Principal, scope
 from .config import Settings
 from .filters import AuditFilter
 
@@ -81,20 +81,18 @@ def plan_export(
     conn: Connection, who: Principal, flt: AuditFilter, fmt: str, *, now: datetime | None = None
 ) -> export.ExportPlan:
     """Scope, snapshot and count an export; refuse principals who may not export."""
-    if not who.can_export:
-        raise AccessDenied("your role may view records but not export them")
+    access.require_export(who)
     return export.plan(conn, scope(who, flt), fmt, now=now)
 
 
 def check_plan(who: Principal, plan: export.ExportPlan) -> None:
     """Refuse a plan the principal could not have made (another role, wider namespaces)."""
-    if not who.can_export:
-        raise AccessDenied("your role may view records but not export them")
+    access.require_export(who)
     if who.namespaces is None:
         return
     wanted = set(plan.filter.namespaces)
     if not wanted or not wanted <= who.namespaces:
-        raise AccessDenied("this export reaches beyond your namespace grants")
+        raise AccessDeniedError("this export reaches beyond your namespace grants")
 
 
 def is_immediate(plan: export.ExportPlan, settings: Settings) -> bool:

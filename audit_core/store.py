@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, except_, func, insert, select, update
 
+from .errors import ConflictError
 from .models import AUDIT as T
 from .models import COUNTERS, DAYS, HEAD
 from .record import ID_RE, Record, chain_next, compute_checksum, format_instant, normalize
@@ -17,7 +18,7 @@ INSERT_BATCH = 5_000
 DAY_US = 86_400_000_000  # one UTC day in the ts unit (microseconds)
 
 
-class ConflictError(ValueError):
+class RecordConflictError(ConflictError):
     """An incoming record reuses a stored id with different content."""
 
 
@@ -77,7 +78,7 @@ def append(conn: Connection, records: Iterable[Record]) -> int:
     """Append new records in order, skipping ids already stored with the same checksum.
 
     Runs inside the caller's transaction, which must be the first write in it.
-    Raises ConflictError when an id is stored with a different checksum.
+    Raises RecordConflictError when an id is stored with a different checksum.
     """
     last_seq, last_hash = lock_head(conn)
     added = 0
@@ -93,7 +94,7 @@ def append(conn: Connection, records: Iterable[Record]) -> int:
         for r in batch:
             if r.id in stored or r.id in seen:
                 if stored.get(r.id, r.checksum) != r.checksum:
-                    raise ConflictError(f"id {r.id} is already stored with other content")
+                    raise RecordConflictError(f"id {r.id} is already stored with other content")
                 continue
             seen.add(r.id)
             last_hash = chain_next(last_hash, r.checksum)
@@ -135,8 +136,13 @@ def _add_day_counts(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     )
 
 
+def floor_bucket(ts: Any, width: int) -> Any:
+    """floor(ts / width) in SQL on both engines (integer division truncates toward zero)."""
+    return (ts - ((ts % width) + width) % width) // width
+
+
 def _day_counts_select() -> Any:
-    day = (T.c.ts - ((T.c.ts % DAY_US) + DAY_US) % DAY_US) // DAY_US  # floor, both engines
+    day = floor_bucket(T.c.ts, DAY_US)
     return select(day, T.c.namespace, T.c.action, func.count()).group_by(
         day, T.c.namespace, T.c.action
     )

@@ -17,20 +17,19 @@ import pandas as pd
 from sqlalchemy import Engine
 
 from . import query, service
-from .access import AccessDenied, Principal
+from .access import AccessDeniedError, Principal
 from .config import Settings
 from .filters import AuditFilter, FilterError
-from .record import FIELDS, compute_checksum, parse_instant
+from .record import FIELDS, FREE_TEXT, compute_checksum, parse_instant
 from .worker import THREAD_NAME
 
 T = TypeVar("T")
-FILTER_PARAMS = ("from", "to", "action", "user", "namespace")
 LIST_PARAMS = ("action", "user", "namespace")
 PREVIEW_ROWS = 500
 # The record's fields with the time first and the id last; the checksum is shown on select.
 PREVIEW_COLUMNS = (
     "timestamp",
-    *(f for f in FIELDS if f not in ("id", "timestamp", "checksum")),
+    *FREE_TEXT,
     "id",
 )
 
@@ -324,5 +323,5 @@ def pickers(engine: Engine, who: Principal) -> dict[str, list[str]]:
 def _distinct(engine: Engine, who: Principal, column: str) -> list[str]:
     try:
         return _read(engine, service.distinct_values, who, column)
-    except AccessDenied:  # no grants at all: nothing to offer
+    except AccessDeniedError:  # no grants at all: nothing to offer
         return []

@@ -80,7 +80,7 @@ def child_direct(url: str, job_id: str, output: str) -> int:
     engine = make_engine(url)
     with engine.connect() as conn:
         row = conn.execute(select(jobs.J).where(jobs.J.c.job_id == job_id)).one()
-        plan = jobs.plan(row)
+        plan = jobs.ClaimedJob.from_row(row).plan()
         started = time.perf_counter()
         with open(output, "wb") as out:
             for chunk in export.chunks(conn, plan):

@@ -24,7 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from audit_core import portal, store  # noqa: E402
+from audit_core import context, store  # noqa: E402
+from audit_core.config import Settings  # noqa: E402
 from audit_core.db import make_engine, migrate  # noqa: E402
 from audit_core.demo import generate  # noqa: E402
 from audit_core.query import max_seq  # noqa: E402
@@ -49,9 +50,10 @@ def ensure_db(path: Path, records: int) -> str:
 def point_at(url: str, export_dir: str) -> None:
     import streamlit as st
 
-    os.environ["AUDIT_DATABASE_URL"] = url
-    os.environ["AUDIT_EXPORT_DIR"] = export_dir
-    portal.reset()
+    settings = Settings(database_url=url, database_configured=True, export_dir=Path(export_dir))
+    old = context.install(context.build(settings))  # open + migrate: the server does it at start
+    if old is not None:
+        old.engine.dispose()
     st.cache_resource.clear()
     st.cache_data.clear()
 
@@ -68,7 +70,6 @@ def one_round(url: str, export_dir: str) -> dict[str, tuple[float, float]]:
     from streamlit.testing.v1 import AppTest
 
     point_at(url, export_dir)
-    portal.context()  # open + migrate check outside the timing: the server does it at start
     st.cache_data.clear()
     at = AppTest.from_file(NAV, default_timeout=120)
     out = {"first render": timed(at.run)}

@@ -39,7 +39,7 @@ def _users(who: Principal) -> None:
             info = access.upsert_user(
                 ctx.engine, email, role, grants or "", who, settings=ctx.settings
             )
-        except (access.UserError, access.AccessDenied) as exc:
+        except (access.UserError, access.AccessDeniedError) as exc:
             st.error(str(exc))
         else:
             st.success(f"{info.email} is now {info.role} on {info.grants}.")
@@ -79,7 +79,7 @@ def _tokens(who: Principal) -> None:
             plaintext, info = access.create_token(
                 ctx.engine, email, who, expires_in_days=int(days), settings=ctx.settings
             )
-        except (access.UserError, access.AccessDenied) as exc:
+        except (access.UserError, access.AccessDeniedError) as exc:
             st.error(str(exc))
         else:
             st.session_state["admin_new_token"] = (plaintext, info.email)
@@ -119,7 +119,7 @@ def _pick_and_act(
     if c_go.button(button, key=key, disabled=chosen is None):
         try:
             act(chosen or "")
-        except (access.UserError, access.AccessDenied) as exc:
+        except (access.UserError, access.AccessDeniedError) as exc:
             st.error(str(exc))
         else:
             st.rerun()

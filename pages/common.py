@@ -6,16 +6,15 @@ Not a page itself (navigation.py lists the pages). No SQL here: reads go through
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from typing import Any
 
 import streamlit as st
 
-from audit_core import access, query, service, views
+from audit_core import access, context, query, service, views
 from audit_core.access import LOCAL_ADMIN, Principal
+from audit_core.context import Context
 from audit_core.filters import AuditFilter
-from audit_core.portal import Context, context
 
 PRINCIPAL_KEY = "portal_principal"
 SIGNED_IN_KEY = "portal_signed_in"
@@ -24,14 +23,9 @@ CACHE_TTL = 30  # seconds: new records show up within half a minute
 CACHE_ENTRIES = 256
 
 
-@st.cache_resource(show_spinner=False)
-def _context(configured_url: str) -> Context:
-    return context()
-
-
 def ctx() -> Context:
-    """The process's settings and engine (migrated), cached across sessions."""
-    return _context(os.environ.get("AUDIT_DATABASE_URL", ""))
+    """The context the server built at start-up (settings, engine, mode)."""
+    return context.current()
 
 
 def auth_on() -> bool:

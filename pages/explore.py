@@ -8,7 +8,7 @@ import altair as alt
 import streamlit as st
 
 from audit_core import formats, jobs, query, service, views
-from audit_core.access import AccessDenied, Principal
+from audit_core.access import AccessDeniedError, Principal
 from audit_core.filters import FORMATS, AuditFilter
 from pages import common
 
@@ -261,9 +261,9 @@ def _export(who: Principal, flt: AuditFilter, total: int) -> None:
             with ctx.engine.connect() as conn:
                 plan = service.plan_export(conn, who, flt, fmt or "csv")
             job = jobs.enqueue(ctx.engine, plan, who, ctx.settings)
-        except jobs.TooManyJobs as exc:
+        except jobs.TooManyJobsError as exc:
             st.warning(str(exc))
-        except AccessDenied as exc:
+        except AccessDeniedError as exc:
             common.refused(who, str(exc), "queue export")
         else:
             st.success(f"Queued {job.job_id}: {plan.total:,} records as {FMT_LABELS[plan.fmt]}.")
@@ -279,7 +279,7 @@ if flt is None:
     st.stop()
 try:
     data = common.explore(who, flt)
-except AccessDenied as exc:
+except AccessDeniedError as exc:
     common.refused(who, str(exc), "explore")
     st.stop()
 s = data.summary

@@ -6,8 +6,10 @@ from datetime import timedelta
 
 import streamlit as st
 
-from audit_core import jobs, links, views
+from audit_core import jobs, views
 from audit_core.access import Principal
+from audit_core.errors import AuditError
+from audit_core.http import links
 from pages import common
 
 REFRESH = timedelta(seconds=2)
@@ -47,8 +49,8 @@ def _job(job: jobs.JobInfo, who: Principal) -> None:
         if job.state == "queued" and action.button("Cancel", key=f"exports_cancel_{job.job_id}"):
             try:
                 jobs.cancel(ctx.engine, job.job_id, who, ctx.settings)
-            except jobs.JobError as exc:
-                st.warning(str(exc))
+            except AuditError as exc:
+                st.warning(exc.message)
             st.rerun()
         if job.state == "completed":
             left = views.time_left(job.expires_at)

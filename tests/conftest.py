@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from audit_core import store
+from audit_core import context, store
 from audit_core.config import Settings
+from audit_core.context import Context
 from audit_core.db import make_engine, migrate
 from audit_core.demo import generate
 from audit_core.record import compute_checksum
@@ -136,3 +138,15 @@ def add_demo(engine: Engine, n: int, seed: int = 1) -> int:
     """Append n generated demo records."""
     with engine.begin() as conn:
         return store.append(conn, generate(n, seed=seed))
+
+
+@contextmanager
+def installed(settings: Settings) -> Iterator[Context]:
+    """Build a context from settings and install it for the faces; restore the old one after."""
+    ctx = context.build(settings)
+    previous = context.install(ctx)
+    try:
+        yield ctx
+    finally:
+        context.install(previous)
+        ctx.engine.dispose()

@@ -15,9 +15,9 @@ from sqlalchemy import Engine, func, select
 
 from audit_core import access
 from audit_core.access import (
-    AccessDenied,
+    AccessDeniedError,
     Principal,
-    UnsafeLocalMode,
+    UnsafeLocalModeError,
     UserError,
 )
 from audit_core.config import Settings
@@ -137,10 +137,10 @@ def test_bad_user_requests_are_refused_and_write_nothing(
 
 
 def test_only_admins_manage_users(engine: Engine) -> None:
-    with pytest.raises(AccessDenied):
+    with pytest.raises(AccessDeniedError):
         access.upsert_user(engine, "b@example.com", "viewer", "a", AUDITOR)
     access.upsert_user(engine, "b@example.com", "viewer", "a", ADMIN)
-    with pytest.raises(AccessDenied):
+    with pytest.raises(AccessDeniedError):
         access.remove_user(engine, "b@example.com", AUDITOR)
     assert audit_count(engine, "portal.user.change") == 1
 
@@ -244,7 +244,7 @@ def test_loopback_addresses(address: str, loopback: bool) -> None:
     if loopback:
         access.check_local_mode(address, False)
     else:
-        with pytest.raises(UnsafeLocalMode, match="not loopback"):
+        with pytest.raises(UnsafeLocalModeError, match="not loopback"):
             access.check_local_mode(address, False)
     access.check_local_mode(address, True)  # with sign-in, any address may be served
 
@@ -296,7 +296,7 @@ def test_streamlit_refuses_to_serve_local_mode_on_every_interface(
             proc.kill()
             proc.wait()
     assert proc.returncode != 0
-    assert "UnsafeLocalMode: refusing to start: sign-in is off" in out
+    assert "UnsafeLocalModeError: refusing to start: sign-in is off" in out
     assert "server.address is 0.0.0.0, which is not loopback" in out
     with pytest.raises(httpx.TransportError):  # nothing is left listening
         httpx.get(f"http://127.0.0.1:{port}/_stcore/health", timeout=5)

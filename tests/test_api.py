@@ -1,8 +1,8 @@
 """The HTTP API in-process: the real st.App (lifespan and routes) through TestClient.
 
 Streamlit's runtime starts once per process, so one TestClient(app) serves the whole
-test session; each test points the routes at its own database by resetting the portal
-context, and runs the real export worker on it when a job has to finish.
+test session; each test installs a context on its own database for the routes, and runs
+the real export worker on it when a job has to finish.
 """
 
 from __future__ import annotations
@@ -13,20 +13,21 @@ import json
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, create_engine, select, update
 
-from audit_core import access, export, links, portal, store, worker
+from audit_core import access, context, export, store, worker
 from audit_core.access import LOCAL_ADMIN
+from audit_core.config import Settings, Timing
+from audit_core.context import Context
 from audit_core.demo import generate
 from audit_core.filters import AuditFilter
+from audit_core.http import links
 from audit_core.models import AuditRecord, ExportJob
-from audit_core.portal import Context
 
 with warnings.catch_warnings():  # starlette warns that httpx is deprecated for TestClient
     warnings.simplefilter("ignore")
@@ -35,14 +36,6 @@ with warnings.catch_warnings():  # starlette warns that httpx is deprecated for 
 DATA_END = datetime(2026, 3, 20, tzinfo=UTC)
 TO = "2026-03-21T00:00:00Z"  # after every demo record, before any record the API writes
 LIMIT = 50
-ENV_KEYS = (
-    "AUDIT_DATABASE_URL",
-    "AUDIT_EXPORT_DIR",
-    "AUDIT_SECRET_KEY",
-    "AUDIT_SYNC_EXPORT_LIMIT",
-    "AUDIT_MAX_QUEUED_JOBS",
-    "AUDIT_WORKER_POLL_SECONDS",
-)
 
 
 @pytest.fixture(scope="session")
@@ -53,14 +46,12 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     mp.setenv("AUDIT_DATABASE_URL", f"sqlite:///{base}/session.db")
     mp.setenv("AUDIT_EXPORT_DIR", str(base / "exports"))
     mp.setenv("AUDIT_SECRET_KEY", "session-secret-0123456789abcdef0123456789")
-    portal.reset()
     from app import app
 
     try:
         with TestClient(app, raise_server_exceptions=False) as c:
             yield c
     finally:
-        portal.reset()
         mp.undo()
 
 
@@ -82,15 +73,11 @@ class Api:
 
 
 @pytest.fixture
-def api(client: TestClient, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Api:
+def api(client: TestClient, settings: Settings) -> Iterator[Api]:
     """The API on this test's fresh database (limit 50 rows), with three users' tokens."""
-    monkeypatch.setenv("AUDIT_DATABASE_URL", db_url)
-    monkeypatch.setenv("AUDIT_EXPORT_DIR", str(tmp_path / "exports"))
-    monkeypatch.setenv("AUDIT_SECRET_KEY", "test-secret-key-0123456789abcdef0123456789")
-    monkeypatch.setenv("AUDIT_SYNC_EXPORT_LIMIT", str(LIMIT))
-    monkeypatch.setenv("AUDIT_WORKER_POLL_SECONDS", "0.1")
-    portal.reset()
-    ctx = portal.context()
+    settings = replace(settings, sync_export_limit=LIMIT, timing=Timing(poll_seconds=0.1))
+    ctx = context.build(settings)
+    previous = context.install(ctx)
     tokens = {}
     for email, role, ns in (
         ("boss@empresa.com", "admin", "*"),
@@ -99,8 +86,9 @@ def api(client: TestClient, db_url: str, tmp_path: Path, monkeypatch: pytest.Mon
     ):
         access.upsert_user(ctx.engine, email, role, ns, LOCAL_ADMIN, settings=ctx.settings)
         tokens[role], _ = access.create_token(ctx.engine, email, LOCAL_ADMIN, settings=ctx.settings)
-    yield Api(client, ctx, tokens["admin"], tokens["auditor"], tokens["viewer"])  # type: ignore[misc]
-    portal.reset()
+    yield Api(client, ctx, tokens["admin"], tokens["auditor"], tokens["viewer"])
+    context.install(previous)
+    ctx.engine.dispose()
 
 
 def add(engine: Engine, n: int) -> None:
@@ -317,10 +305,9 @@ def test_jobs_of_other_people_are_not_found(api: Api) -> None:
     status(api.get("/audit/export/download/../../etc/passwd", api.admin), 404, "NotFound")
 
 
-def test_queued_jobs_are_capped_per_user(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AUDIT_MAX_QUEUED_JOBS", "1")
-    portal.reset()
-    api.ctx = portal.context()
+def test_queued_jobs_are_capped_per_user(api: Api) -> None:
+    api.ctx = replace(api.ctx, settings=replace(api.ctx.settings, max_queued_jobs=1))
+    context.install(api.ctx)
     add(api.engine, LIMIT + 1)
     assert api.get("/audit/export", api.admin, to=TO).status_code == 202
     resp = api.get("/audit/export", api.admin, to=TO)
@@ -415,11 +402,10 @@ def test_years_before_1000_are_written_with_four_digits(api: Api) -> None:
     assert resp.json()["metadata"]["to"] == "0350-07-14T10:43:06Z"
 
 
-def test_a_server_error_is_a_status_body_without_a_traceback(
-    api: Api, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("AUDIT_SYNC_EXPORT_LIMIT", "not-a-number")  # context() will fail
-    portal.reset()
+def test_a_server_error_is_a_status_body_without_a_traceback(api: Api) -> None:
+    # A database that does not answer: the query fails inside the route.
+    unreachable = create_engine("postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=2")
+    context.install(replace(api.ctx, engine=unreachable))
     resp = api.get("/audit/export", api.admin)
     body = status(resp, 500, "InternalError")
     assert "reference" in body["message"] and "AUDIT_SYNC" not in body["message"]

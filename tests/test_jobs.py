@@ -10,9 +10,10 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from audit_core import jobs, service
-from audit_core.access import AccessDenied, Principal
+from audit_core.access import AccessDeniedError, Principal
 from audit_core.config import Settings
 from audit_core.filters import AuditFilter
+from audit_core.http import documents
 from audit_core.models import AuditRecord, ExportJob
 
 from .conftest import add_demo
@@ -61,7 +62,7 @@ def test_enqueue_stores_the_plan_and_audits_it(engine: Engine, settings: Setting
     assert row.snapshot_seq == plan.upto_seq
     assert AuditFilter.from_json(row.filter_json) == plan.filter
     assert json.loads(row.scope) == ["production", "staging"]
-    assert jobs.plan(row) == plan
+    assert jobs.ClaimedJob.from_row(row).plan() == plan
 
     (record,) = events(engine, "audit.export.queue", job.job_id)
     assert (record.user, record.role, record.namespace, record.sourceIP, record.resourceType) == (
@@ -83,7 +84,7 @@ def test_viewer_cannot_enqueue(engine: Engine, settings: Settings) -> None:
     add_demo(engine, 50)
     with engine.connect() as conn:
         plan = service.plan_export(conn, ANA, AuditFilter(), "csv", now=NOW)
-    with pytest.raises(AccessDenied):
+    with pytest.raises(AccessDeniedError):
         jobs.enqueue(engine, plan, replace(ANA, role="viewer"), settings)
 
 
@@ -92,7 +93,7 @@ def test_per_user_cap_counts_queued_and_processing_only(engine: Engine, settings
     settings = replace(settings, max_queued_jobs=2)
     first = queue(engine, settings)
     queue(engine, settings)
-    with pytest.raises(jobs.TooManyJobs, match="2 export jobs queued or running"):
+    with pytest.raises(jobs.TooManyJobsError, match="2 export jobs queued or running"):
         queue(engine, settings)
     queue(engine, settings, who=BRUNO)  # the cap is per person
     jobs.cancel(engine, first.job_id, ANA, settings)
@@ -140,12 +141,12 @@ def test_owner_or_admin_cancels_a_queued_job(
 def test_cancel_refuses_strangers_and_finished_jobs(engine: Engine, settings: Settings) -> None:
     add_demo(engine, 50)
     job = queue(engine, settings)
-    with pytest.raises(jobs.JobNotFound, match=f"no export job {job.job_id}"):
+    with pytest.raises(jobs.JobNotFoundError, match=f"no export job {job.job_id}"):
         jobs.cancel(engine, job.job_id, BRUNO, settings)
-    with pytest.raises(jobs.JobNotFound):
+    with pytest.raises(jobs.JobNotFoundError):
         jobs.cancel(engine, "export-20261126-999", ADMIN, settings)
     jobs.cancel(engine, job.job_id, ANA, settings)
-    with pytest.raises(jobs.JobNotCancellable, match="is cancelled; only a queued job"):
+    with pytest.raises(jobs.JobNotCancellableError, match="is cancelled; only a queued job"):
         jobs.cancel(engine, job.job_id, ANA, settings)
     assert len(events(engine, "audit.job.cancel", job.job_id)) == 1
 
@@ -154,7 +155,7 @@ def test_document_is_the_seed_body_with_progress_after(engine: Engine, settings:
     add_demo(engine, 50)
     job = queue(engine, settings)
     later = NOW + timedelta(minutes=30)
-    body = jobs.document(job, now=later)
+    body = documents.job_document(job, now=later)
     assert list(body) == ["apiVersion", "kind", "metadata", "status"]
     assert body["apiVersion"] == "v1" and body["kind"] == "AuditExportJob"
     assert body["metadata"] == {"jobId": job.job_id}
@@ -173,12 +174,12 @@ def test_document_is_the_seed_body_with_progress_after(engine: Engine, settings:
         file_size=10,
         file_sha256="ab" * 32,
     )
-    status = jobs.document(done, now=later)["status"]
+    status = documents.job_document(done, now=later)["status"]
     assert status["expiresAt"] == "2026-11-26T19:00:00Z"
     assert (status["fileSize"], status["sha256"]) == (10, "ab" * 32)
     failed = replace(job, state="failed", last_error="boom")
-    assert jobs.document(failed)["status"]["error"] == "boom"
-    assert jobs.document(failed)["status"]["expiresAt"] is None
+    assert documents.job_document(failed)["status"]["error"] == "boom"
+    assert documents.job_document(failed)["status"]["expiresAt"] is None
 
 
 @pytest.mark.parametrize(
@@ -196,6 +197,6 @@ def test_file_path_comes_from_the_job_id(
     add_demo(engine, 20)
     job = queue(engine, settings, fmt=fmt, compression=compression)
     assert jobs.file_path(settings, job) == settings.export_dir / name
-    assert jobs.download_name(job) == "audit-export-20261126." + name.split(".", 1)[1]
+    assert documents.download_name(job) == "audit-export-20261126." + name.split(".", 1)[1]
     with pytest.raises(ValueError):
         jobs.file_path(settings, replace(job, job_id="../../etc/passwd"))

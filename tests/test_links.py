@@ -11,9 +11,9 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import OctKey
 
-from audit_core import links
-from audit_core.access import Unauthorized
+from audit_core.access import UnauthorizedError
 from audit_core.config import Settings
+from audit_core.http import links
 
 SETTINGS = Settings(secret_key="test-secret-key-0123456789abcdef0123456789")
 JOB = "export-20261126-001"
@@ -61,13 +61,13 @@ def test_claims_are_the_documented_ones() -> None:
 
 def test_an_expired_link_is_refused() -> None:
     sig = sig_of(links.sign_download(JOB, "alice@example.com", SETTINGS, now=WHEN))
-    with pytest.raises(Unauthorized, match="expired"):
+    with pytest.raises(UnauthorizedError, match="expired"):
         links.verify_download(sig, JOB, SETTINGS, now=WHEN + timedelta(minutes=10))
 
 
 def test_a_link_for_another_job_is_refused() -> None:
     sig = sig_of(links.sign_download(JOB, "alice@example.com", SETTINGS, now=WHEN))
-    with pytest.raises(Unauthorized, match="not valid for this job"):
+    with pytest.raises(UnauthorizedError, match="not valid for this job"):
         links.verify_download(sig, "export-20261126-002", SETTINGS, now=WHEN)
 
 
@@ -94,14 +94,14 @@ def _swap_payload(sig: str, **changes: object) -> str:
 )
 def test_a_tampered_link_is_refused(tamper: object) -> None:
     sig = sig_of(links.sign_download(JOB, "alice@example.com", SETTINGS, now=WHEN))
-    with pytest.raises(Unauthorized):
+    with pytest.raises(UnauthorizedError):
         links.verify_download(tamper(sig), JOB, SETTINGS, now=WHEN)  # type: ignore[operator]
 
 
 def test_a_link_signed_with_another_secret_is_refused() -> None:
     other = Settings(secret_key="another-secret-key-0123456789abcdef012345")
     sig = sig_of(links.sign_download(JOB, "alice@example.com", other, now=WHEN))
-    with pytest.raises(Unauthorized):
+    with pytest.raises(UnauthorizedError):
         links.verify_download(sig, JOB, SETTINGS, now=WHEN)
 
 
@@ -111,7 +111,7 @@ def test_a_link_signed_with_the_raw_server_secret_is_refused() -> None:
     stamp = int(WHEN.timestamp())
     claims = {"sub": "a@x.io", "job": JOB, "aud": "audit-download", "iat": stamp, "exp": stamp + 60}
     sig = jwt.encode({"alg": "HS256"}, claims, key)
-    with pytest.raises(Unauthorized):
+    with pytest.raises(UnauthorizedError):
         links.verify_download(sig, JOB, SETTINGS, now=WHEN)
 
 
@@ -145,7 +145,7 @@ def test_the_forging_helper_makes_valid_links() -> None:
          "issued-in-the-future"],
 )  # fmt: skip
 def test_a_signed_link_with_wrong_claims_is_refused(claims: dict[str, object]) -> None:
-    with pytest.raises(Unauthorized):
+    with pytest.raises(UnauthorizedError):
         links.verify_download(_signed(**claims), JOB, SETTINGS, now=WHEN)
 
 

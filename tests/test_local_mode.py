@@ -10,7 +10,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from audit_core.api import LoopbackOnlyMiddleware
+from audit_core.http import LoopbackOnlyMiddleware
 
 
 def make_app(local: bool) -> Starlette:

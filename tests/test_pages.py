@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import streamlit as st
 from sqlalchemy import Engine, select
 from streamlit.testing.v1 import AppTest
 
-from audit_core import access, jobs, portal, query, service
+from audit_core import access, jobs, query, service
 from audit_core.access import LOCAL_ADMIN, Principal
 from audit_core.config import Settings
 from audit_core.demo import generate
@@ -22,7 +23,7 @@ from audit_core.models import AuditRecord
 from audit_core.record import FIELDS
 from audit_core.worker import Worker
 
-from .conftest import add_demo
+from .conftest import add_demo, installed
 
 ROOT = Path(__file__).resolve().parents[1]
 NAV = str(ROOT / "navigation.py")
@@ -40,20 +41,13 @@ ADMIN = Principal("boss@example.com", "admin", None, "127.0.0.1")
 
 
 @pytest.fixture
-def portal_env(
-    settings: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Settings]:
-    """Point the portal's process context at the test database, with a small download limit."""
-    monkeypatch.setenv("AUDIT_DATABASE_URL", settings.database_url)
-    monkeypatch.setenv("AUDIT_EXPORT_DIR", str(settings.export_dir))
-    monkeypatch.setenv("AUDIT_SECRET_KEY", settings.secret_key)
-    monkeypatch.setenv("AUDIT_SYNC_EXPORT_LIMIT", str(LIMIT))
-    monkeypatch.delenv("AUDIT_ADMINS", raising=False)
-    portal.reset()
+def portal_env(settings: Settings, engine: Engine) -> Iterator[Settings]:
+    """Install a context on the test database for the pages, with a small download limit."""
+    settings = replace(settings, sync_export_limit=LIMIT)
     st.cache_resource.clear()
     st.cache_data.clear()
-    yield Settings.from_env()
-    portal.reset()
+    with installed(settings):
+        yield settings
     st.cache_resource.clear()
     st.cache_data.clear()
 

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from audit_core import export, service
-from audit_core.access import LOCAL_ADMIN, AccessDenied, Principal
+from audit_core.access import LOCAL_ADMIN, AccessDeniedError, Principal
 from audit_core.config import Settings
 from audit_core.filters import AuditFilter
 from audit_core.models import AuditRecord
@@ -52,7 +52,7 @@ READS = {
 @pytest.mark.parametrize("read", list(READS), ids=list(READS))
 def test_explicit_foreign_namespace_is_refused(demo: Engine, who: Principal, read: str) -> None:
     flt = AuditFilter.parse(namespace=FOREIGN)
-    with demo.connect() as conn, pytest.raises(AccessDenied, match=FOREIGN):
+    with demo.connect() as conn, pytest.raises(AccessDeniedError, match=FOREIGN):
         READS[read](conn, who, flt)
 
 
@@ -60,7 +60,7 @@ def test_explicit_foreign_namespace_is_refused(demo: Engine, who: Principal, rea
 def test_a_list_with_one_foreign_namespace_is_refused_whole(demo: Engine, who: Principal) -> None:
     mine = next(iter(who.namespaces or ()))
     flt = AuditFilter.parse(namespace=f"{mine},{FOREIGN}")
-    with demo.connect() as conn, pytest.raises(AccessDenied):
+    with demo.connect() as conn, pytest.raises(AccessDeniedError):
         service.count(conn, who, flt)
 
 
@@ -93,12 +93,12 @@ def test_admin_sees_every_namespace(demo: Engine) -> None:
 
 def test_someone_with_no_grants_sees_nothing(demo: Engine) -> None:
     nobody = Principal("n@example.com", "viewer", frozenset(), "")
-    with demo.connect() as conn, pytest.raises(AccessDenied, match="no namespace grants"):
+    with demo.connect() as conn, pytest.raises(AccessDeniedError, match="no namespace grants"):
         service.count(conn, nobody, AuditFilter())
 
 
 def test_viewer_cannot_plan_an_export(demo: Engine) -> None:
-    with demo.connect() as conn, pytest.raises(AccessDenied, match="not export"):
+    with demo.connect() as conn, pytest.raises(AccessDeniedError, match="not export"):
         service.plan_export(conn, VIEWER, AuditFilter(), "csv")
 
 
@@ -106,7 +106,7 @@ def test_auditor_export_holds_only_their_namespace(demo: Engine, settings: Setti
     mine = "payments"
     with demo.connect() as conn:
         plan = service.plan_export(conn, AUDITOR, AuditFilter(), "jsonl")
-        with pytest.raises(AccessDenied):
+        with pytest.raises(AccessDeniedError):
             service.plan_export(conn, AUDITOR, AuditFilter.parse(namespace=FOREIGN), "csv")
     assert plan.total == own_count(demo, mine)
     lines = b"".join(service.export_chunks(demo, AUDITOR, plan, settings)).splitlines()
@@ -122,9 +122,9 @@ def test_a_plan_cannot_be_replayed_by_someone_with_fewer_rights(
         forged = export.plan(conn, AuditFilter.parse(namespace=FOREIGN), "csv")
     before = audit_count(demo, "audit.export")
     for who, plan in [(AUDITOR, wide), (AUDITOR, forged), (VIEWER, wide)]:
-        with pytest.raises(AccessDenied):
+        with pytest.raises(AccessDeniedError):
             service.export_chunks(demo, who, plan, settings)
-        with pytest.raises(AccessDenied):
+        with pytest.raises(AccessDeniedError):
             service.record_export(demo, who, plan, settings, channel="ui")
     assert audit_count(demo, "audit.export") == before
 

@@ -34,7 +34,7 @@ def test_reappending_same_records_adds_nothing(engine: Engine) -> None:
 def test_same_id_other_content_is_a_conflict(engine: Engine) -> None:
     with engine.begin() as conn:
         store.append(conn, [rec(1)])
-    with pytest.raises(store.ConflictError), engine.begin() as conn:
+    with pytest.raises(store.RecordConflictError), engine.begin() as conn:
         store.append(conn, [rec(1, user="someone@else.com")])
 
 

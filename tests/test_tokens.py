@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from audit_core import access
-from audit_core.access import AccessDenied, Principal, Unauthorized, UserError
+from audit_core.access import AccessDeniedError, Principal, UnauthorizedError, UserError
 from audit_core.models import ApiToken, AuditRecord
 
 T = AuditRecord.__table__
@@ -95,7 +95,7 @@ def _tamper(token: str) -> str:
 )
 def test_bad_tokens_are_refused(engine: Engine, alice: str, make: object, message: str) -> None:
     plaintext, _ = access.create_token(engine, alice, ADMIN)
-    with pytest.raises(Unauthorized, match=message):
+    with pytest.raises(UnauthorizedError, match=message):
         access.authenticate_token(engine, make(plaintext), "10.0.0.9")  # type: ignore[operator]
 
 
@@ -103,12 +103,12 @@ def test_an_expired_token_is_refused(engine: Engine, alice: str) -> None:
     past = datetime.now(UTC) - timedelta(days=3)
     plaintext, info = access.create_token(engine, alice, ADMIN, expires_in_days=2, now=past)
     assert info.state() == "expired"
-    with pytest.raises(Unauthorized, match="expired"):
+    with pytest.raises(UnauthorizedError, match="expired"):
         access.authenticate_token(engine, plaintext, "10.0.0.9")
     # ...and one that is still valid today stops working the moment it expires.
     fresh, info = access.create_token(engine, alice, ADMIN, expires_in_days=1)
     access.authenticate_token(engine, fresh, "", now=info.expires_at - timedelta(seconds=1))
-    with pytest.raises(Unauthorized, match="expired"):
+    with pytest.raises(UnauthorizedError, match="expired"):
         access.authenticate_token(engine, fresh, "", now=info.expires_at)
 
 
@@ -119,7 +119,7 @@ def test_a_revoked_token_is_refused_and_the_revocation_audited_once(
     access.authenticate_token(engine, plaintext, "")
     revoked = access.revoke_token(engine, info.prefix, ADMIN)
     assert revoked.state() == "revoked"
-    with pytest.raises(Unauthorized, match="revoked"):
+    with pytest.raises(UnauthorizedError, match="revoked"):
         access.authenticate_token(engine, plaintext, "")
     access.revoke_token(engine, info.prefix.removeprefix("aep_"), ADMIN)  # already revoked
     assert audit_count(engine, "portal.token.revoke") == 1
@@ -131,7 +131,7 @@ def test_a_revoked_token_is_refused_and_the_revocation_audited_once(
 def test_a_removed_users_token_is_refused(engine: Engine, alice: str) -> None:
     plaintext, _ = access.create_token(engine, alice, ADMIN)
     access.remove_user(engine, alice, ADMIN)
-    with pytest.raises(Unauthorized, match="no longer has access"):
+    with pytest.raises(UnauthorizedError, match="no longer has access"):
         access.authenticate_token(engine, plaintext, "")
 
 
@@ -146,7 +146,7 @@ def test_who_may_issue_list_and_revoke(engine: Engine, alice: str) -> None:
     access.upsert_user(engine, "bob@example.com", "viewer", "staging", ADMIN)
     bob = Principal("bob@example.com", "viewer", frozenset({"staging"}), "")
     me = Principal(alice, "auditor", frozenset({"payments"}), "")
-    with pytest.raises(AccessDenied):
+    with pytest.raises(AccessDeniedError):
         access.create_token(engine, alice, me)
     _, mine = access.create_token(engine, alice, ADMIN)
     _, bobs = access.create_token(engine, "bob@example.com", ADMIN)
@@ -207,7 +207,7 @@ def test_cli_manages_users_and_tokens(engine: Engine, env: dict[str, str]) -> No
     prefix = token[:12]
     r = cli(env, "tokens", "revoke", prefix)
     assert (r.returncode, r.stdout) == (0, f"{prefix}: revoked\n")
-    with pytest.raises(Unauthorized, match="revoked"):
+    with pytest.raises(UnauthorizedError, match="revoked"):
         access.authenticate_token(engine, token, "")
 
     r = cli(env, "users", "remove", "carol@example.com")

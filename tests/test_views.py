@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from audit_core import export, query, views
-from audit_core.access import LOCAL_ADMIN, AccessDenied, Principal
+from audit_core.access import LOCAL_ADMIN, AccessDeniedError, Principal
 from audit_core.config import Settings
 from audit_core.filters import AuditFilter
 from audit_core.formats import CSV_HEADER
@@ -162,7 +162,7 @@ def test_download_bytes_equal_a_direct_export_and_are_audited(
 def test_viewers_cannot_build_downloads(engine: Engine, settings: Settings) -> None:
     add_demo(engine, 5)
     viewer = Principal("vic@example.com", "viewer", None)
-    with pytest.raises(AccessDenied):
+    with pytest.raises(AccessDeniedError):
         views.export_bytes(engine, viewer, AuditFilter(), "csv", settings)
 
 

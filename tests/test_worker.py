@@ -21,12 +21,13 @@ from sqlalchemy import Engine, func, select
 
 from audit_core import export, jobs, service, store
 from audit_core.access import Principal
-from audit_core.config import Settings
+from audit_core.config import Settings, Timing
+from audit_core.context import Context
 from audit_core.filters import AuditFilter
+from audit_core.http import documents
 from audit_core.models import AuditRecord, ExportJob
-from audit_core.portal import Context
 from audit_core.record import compute_checksum, format_instant, normalize
-from audit_core.worker import THREAD_NAME, Timing, Worker, start_in_process, sweep_expired
+from audit_core.worker import THREAD_NAME, Worker, start_in_process, sweep_expired
 
 from .conftest import add_demo
 
@@ -139,7 +140,8 @@ def test_gzip_files_are_deterministic(engine: Engine, settings: Settings) -> Non
     first, _ = enqueue(engine, settings, "csv", "gzip")
     Worker(engine, settings, timing=FAST).run_until_idle()
     with engine.connect() as conn:
-        plan = jobs.plan(conn.execute(select(J).where(J.c.job_id == first.job_id)).one())
+        row = conn.execute(select(J).where(J.c.job_id == first.job_id)).one()
+        plan = jobs.ClaimedJob.from_row(row).plan()
     second = jobs.enqueue(engine, plan, ANA, settings, compression="gzip")
     Worker(engine, settings, timing=FAST).run_until_idle()
     assert finished_file(settings, first) == finished_file(settings, second)
@@ -164,7 +166,7 @@ def test_expired_job_file_is_gone_and_job_says_so(engine: Engine, settings: Sett
     with engine.connect() as conn:
         gone = jobs.get_for(conn, job.job_id, ANA)
     assert gone is not None and gone.state == "expired" and jobs.is_expired(gone)
-    assert jobs.document(gone)["status"]["state"] == "expired"
+    assert documents.job_document(gone)["status"]["state"] == "expired"
     assert sweep_expired(engine, settings, now=done.expires_at + timedelta(days=1)) == []
 
 
@@ -251,7 +253,7 @@ def test_a_claimed_job_can_no_longer_be_cancelled(engine: Engine, settings: Sett
     worker = Worker(engine, settings, timing=FAST)
     row = worker.claim()
     assert row is not None and row.job_id == job.job_id
-    with pytest.raises(jobs.JobNotCancellable, match="is processing"):
+    with pytest.raises(jobs.JobNotCancellableError, match="is processing"):
         jobs.cancel(engine, job.job_id, ANA, settings)
     worker.run(row)
     assert job_row(engine, job.job_id).state == "completed"
@@ -278,7 +280,7 @@ def test_failing_job_is_retried_then_failed_with_a_readable_error(
     with engine.connect() as conn:
         info = jobs.get_for(conn, job.job_id, ANA)
     assert info is not None
-    assert jobs.document(info)["status"]["error"] == row.last_error
+    assert documents.job_document(info)["status"]["error"] == row.last_error
 
 
 def test_a_failed_attempt_waits_before_the_next(

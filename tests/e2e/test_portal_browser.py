@@ -169,7 +169,7 @@ def test_queue_follow_and_download_a_large_export(portal: Portal, page: Any) -> 
     t = ExportJob.__table__
     with portal.engine.connect() as conn:
         row = conn.execute(select(t).where(t.c.job_id == job_id)).one()
-        plan = jobs.plan(row)
+        plan = jobs.ClaimedJob.from_row(row).plan()
         assert body == b"".join(export.chunks(conn, plan))
     assert body.decode().startswith(CSV_HEADER)
     assert len(body.decode().splitlines()) == plan.total + 1 >= total

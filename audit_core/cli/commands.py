@@ -1,41 +1,23 @@
-"""`python -m audit_core ...`: operators' and scripts' commands, acting as cli:<os user>."""
+"""The log's commands: init, demo, ingest, export, verify."""
 
 from __future__ import annotations
 
 import argparse
-import getpass
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import Engine
-
-from . import export as export_mod
-from . import ingest as ingest_mod
-from . import store
-from .config import ConfigError, Settings
-from .db import make_engine, migrate, refresh_statistics
-from .filters import AuditFilter, FilterError, parse_format
-from .integrity import verify
-
-
-class CliError(Exception):
-    """A failure to report as one line on stderr with exit status 2."""
-
-
-def actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except Exception:  # noqa: BLE001 - no login name in some containers
-        return "cli:unknown"
-
-
-def open_engine(settings: Settings) -> Engine:
-    engine = make_engine(settings.database_url)
-    migrate(engine)
-    return engine
+from .. import export as export_mod
+from .. import ingest as ingest_mod
+from .. import store
+from ..config import Settings
+from ..db import refresh_statistics
+from ..errors import UsageError
+from ..filters import AuditFilter, parse_format
+from ..integrity import verify
+from .common import actor, open_engine
 
 
 def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
@@ -47,7 +29,7 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     """Add generated demo records."""
-    from .demo import generate
+    from ..demo import generate
 
     engine = open_engine(settings)
     bar = _progress(args.records, "demo")
@@ -71,10 +53,10 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
                 bar.close()
                 for pos, reason in exc.problems:
                     print(f"{label}: record {pos}: {reason}", file=sys.stderr)
-                raise CliError(f"{label}: refused: {exc}") from None
-            except store.ConflictError as exc:
+                raise UsageError(f"{label}: refused: {exc}") from None
+            except store.RecordConflictError as exc:
                 bar.close()
-                raise CliError(f"{label}: refused: {exc}; nothing was added") from None
+                raise UsageError(f"{label}: refused: {exc}; nothing was added") from None
             bar.close()
         if report.added:
             refresh_statistics(engine)
@@ -180,7 +162,7 @@ class _source:  # noqa: N801 - used as a context manager
     def __enter__(self) -> tuple[Callable[[], IO[bytes]], str, str]:
         if self.name == "-":
             if not self.fmt:
-                raise CliError("reading stdin needs --format json|jsonl|csv")
+                raise UsageError("reading stdin needs --format json|jsonl|csv")
             self.tmp = tempfile.NamedTemporaryFile(prefix="audit-ingest-")  # noqa: SIM115
             while chunk := sys.stdin.buffer.read(1 << 20):
                 self.tmp.write(chunk)
@@ -190,12 +172,12 @@ class _source:  # noqa: N801 - used as a context manager
         else:
             path = Path(self.name)
             if not path.is_file():
-                raise CliError(f"{self.name}: no such file")
+                raise UsageError(f"{self.name}: no such file")
             label = self.name
         try:
             fmt = ingest_mod.detect_format(self.name if self.name != "-" else "", self.fmt)
         except ValueError as exc:
-            raise CliError(str(exc)) from None
+            raise UsageError(str(exc)) from None
         return ingest_mod.opener_for(path), fmt, label
 
     def __exit__(self, *exc: object) -> None:
@@ -203,10 +185,8 @@ class _source:  # noqa: N801 - used as a context manager
             self.tmp.close()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m audit_core", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def register(sub: Any) -> None:
+    """Add `init`, `demo`, `ingest`, `export` and `verify`."""
     sub.add_parser("init", help="create or migrate the database").set_defaults(func=cmd_init)
 
     d = sub.add_parser("demo", help="add generated demo records")
@@ -234,34 +214,3 @@ def build_parser() -> argparse.ArgumentParser:
         "--recount", action="store_true", help="first rebuild the day counts from the records"
     )
     v.set_defaults(func=cmd_verify)
-
-    _add_later_commands(sub)
-    return p
-
-
-def _add_later_commands(sub: Any) -> None:
-    """Commands owned by other modules (worker, users, tokens) register here.
-
-    Imported here, not at the top: those modules import this one.
-    """
-    from . import access_cli, worker
-
-    worker.register_cli(sub)
-    access_cli.register_cli(sub)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        settings = Settings.from_env()
-        return int(args.func(args, settings) or 0)
-    except (CliError, FilterError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - one clear line, never a traceback
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2

@@ -8,13 +8,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from sqlalchemy import Engine
-
-from .access import (
+from ..access import (
     ROLES,
-    AccessDenied,
-    Principal,
-    UserError,
     create_token,
     list_tokens,
     list_users,
@@ -22,35 +17,19 @@ from .access import (
     revoke_token,
     upsert_user,
 )
-from .cli import CliError, actor, open_engine
-from .config import Settings
-
-
-def _cli_actor() -> Principal:
-    return Principal(actor(), "admin", None, "local")
-
-
-def _run(fn: Any) -> Any:
-    """Run a CLI action, turning refusals into one-line CLI errors."""
-
-    def wrapped(args: Any, settings: Settings) -> int:
-        try:
-            return int(fn(args, settings) or 0)
-        except (UserError, AccessDenied) as exc:
-            raise CliError(str(exc)) from None
-
-    wrapped.__doc__ = fn.__doc__
-    return wrapped
-
-
-def _engine(settings: Settings) -> Engine:
-    return open_engine(settings)
+from ..config import Settings
+from .common import cli_principal, open_engine
 
 
 def cmd_users_add(args: Any, settings: Settings) -> int:
     """Add a portal user or change their role and grants."""
     info = upsert_user(
-        _engine(settings), args.email, args.role, args.namespaces, _cli_actor(), settings=settings
+        open_engine(settings),
+        args.email,
+        args.role,
+        args.namespaces,
+        cli_principal(),
+        settings=settings,
     )
     print(f"{info.email}: {info.role}, namespaces {info.grants}")
     return 0
@@ -58,7 +37,7 @@ def cmd_users_add(args: Any, settings: Settings) -> int:
 
 def cmd_users_list(args: Any, settings: Settings) -> int:
     """List portal users."""
-    with _engine(settings).connect() as conn:
+    with open_engine(settings).connect() as conn:
         users = list_users(conn)
     for u in users:
         print(f"{u.email}\t{u.role}\t{u.grants}\t{'active' if u.active else 'removed'}")
@@ -67,7 +46,7 @@ def cmd_users_list(args: Any, settings: Settings) -> int:
 
 def cmd_users_remove(args: Any, settings: Settings) -> int:
     """Remove a portal user (their tokens stop working)."""
-    info = remove_user(_engine(settings), args.email, _cli_actor(), settings=settings)
+    info = remove_user(open_engine(settings), args.email, cli_principal(), settings=settings)
     print(f"{info.email}: removed")
     return 0
 
@@ -75,9 +54,9 @@ def cmd_users_remove(args: Any, settings: Settings) -> int:
 def cmd_tokens_create(args: Any, settings: Settings) -> int:
     """Issue an API token; the token is printed once on stdout."""
     plaintext, info = create_token(
-        _engine(settings),
+        open_engine(settings),
         args.email,
-        _cli_actor(),
+        cli_principal(),
         expires_in_days=args.expires_in_days,
         settings=settings,
     )
@@ -92,15 +71,15 @@ def cmd_tokens_create(args: Any, settings: Settings) -> int:
 
 def cmd_tokens_revoke(args: Any, settings: Settings) -> int:
     """Revoke an API token by its prefix."""
-    info = revoke_token(_engine(settings), args.prefix, _cli_actor(), settings=settings)
+    info = revoke_token(open_engine(settings), args.prefix, cli_principal(), settings=settings)
     print(f"{info.prefix}: revoked")
     return 0
 
 
 def cmd_tokens_list(args: Any, settings: Settings) -> int:
     """List API tokens (prefixes only)."""
-    with _engine(settings).connect() as conn:
-        tokens = list_tokens(conn, _cli_actor())
+    with open_engine(settings).connect() as conn:
+        tokens = list_tokens(conn, cli_principal())
     for t in tokens:
         used = f"{t.last_used_at:%Y-%m-%dT%H:%M:%SZ}" if t.last_used_at else "never"
         print(
@@ -110,7 +89,7 @@ def cmd_tokens_list(args: Any, settings: Settings) -> int:
     return 0
 
 
-def register_cli(subparsers: Any) -> None:
+def register(subparsers: Any) -> None:
     """Add `users add|list|remove` and `tokens create|revoke|list`."""
     users = subparsers.add_parser("users", help="manage portal users and namespace grants")
     us = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
@@ -120,11 +99,11 @@ def register_cli(subparsers: Any) -> None:
     a.add_argument(
         "--namespaces", required=True, help="comma-separated namespaces, or '*' for every namespace"
     )
-    a.set_defaults(func=_run(cmd_users_add))
-    us.add_parser("list", help="list users").set_defaults(func=_run(cmd_users_list))
+    a.set_defaults(func=cmd_users_add)
+    us.add_parser("list", help="list users").set_defaults(func=cmd_users_list)
     r = us.add_parser("remove", help="remove a user (their tokens stop working)")
     r.add_argument("email", metavar="EMAIL")
-    r.set_defaults(func=_run(cmd_users_remove))
+    r.set_defaults(func=cmd_users_remove)
 
     tokens = subparsers.add_parser("tokens", help="issue, list and revoke API tokens")
     ts = tokens.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
@@ -137,8 +116,8 @@ def register_cli(subparsers: Any) -> None:
         metavar="D",
         help="days until the token expires (default 90)",
     )
-    c.set_defaults(func=_run(cmd_tokens_create))
+    c.set_defaults(func=cmd_tokens_create)
     v = ts.add_parser("revoke", help="revoke a token by its prefix")
     v.add_argument("prefix", metavar="TOKEN_PREFIX", help="e.g. aep_1a2b3c4d")
-    v.set_defaults(func=_run(cmd_tokens_revoke))
-    ts.add_parser("list", help="list tokens").set_defaults(func=_run(cmd_tokens_list))
+    v.set_defaults(func=cmd_tokens_revoke)
+    ts.add_parser("list", help="list tokens").set_defaults(func=cmd_tokens_list)

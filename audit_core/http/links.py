@@ -17,12 +17,12 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import OctKey
 
-from .access import Unauthorized
-from .config import Settings
+from ..config import Settings
+from ..errors import UnauthorizedError
+from .documents import DOWNLOAD_URL
 
 AUDIENCE = "audit-download"
 ALGORITHM = "HS256"
-DOWNLOAD_PATH = "/api/v1/audit/export/download/{job_id}"
 MAX_MINUTES = 60
 
 
@@ -60,23 +60,23 @@ def sign_download(
         "exp": _epoch(issued + timedelta(minutes=minutes)),
     }
     sig = jwt.encode({"alg": ALGORITHM}, claims, _key(settings), algorithms=[ALGORITHM])
-    return DOWNLOAD_PATH.format(job_id=quote(job_id, safe="")) + f"?sig={sig}"
+    return DOWNLOAD_URL.format(job_id=quote(job_id, safe="")) + f"?sig={sig}"
 
 
 def verify_download(
     sig: str | None, job_id: str, settings: Settings, now: datetime | None = None
 ) -> str:
-    """Return the email a link was signed for; raise Unauthorized if it is not valid now.
+    """Return the email a link was signed for; raise UnauthorizedError if it is not valid now.
 
     Refuses a missing, tampered, expired or not-yet-valid signature, one made with
     another key or algorithm, and one made for another job.
     """
     if not sig:
-        raise Unauthorized("this download link has no signature")
+        raise UnauthorizedError("this download link has no signature")
     try:
         token = jwt.decode(sig, _key(settings), algorithms=[ALGORITHM])
     except (JoseError, ValueError):
-        raise Unauthorized("this download link is not valid") from None
+        raise UnauthorizedError("this download link is not valid") from None
     registry = jwt.JWTClaimsRegistry(
         now=_epoch(now),
         leeway=0,
@@ -90,11 +90,11 @@ def verify_download(
         registry.validate(token.claims)
     except JoseError as exc:
         if getattr(exc, "error", "") == "expired_token":
-            raise Unauthorized(
+            raise UnauthorizedError(
                 "this download link has expired; ask the portal for a new one"
             ) from None
-        raise Unauthorized("this download link is not valid for this job") from None
+        raise UnauthorizedError("this download link is not valid for this job") from None
     email = token.claims["sub"]
     if not isinstance(email, str) or not email:
-        raise Unauthorized("this download link is not valid")
+        raise UnauthorizedError("this download link is not valid")
     return email

@@ -1,6 +1,7 @@
 """The OpenAPI 3.1 document of the HTTP API, served at /api/v1/openapi.json.
 
-Written by hand next to `api.py` and checked against the live routes by schemathesis
+Written by hand next to `routes.py`, from the code's own constants (formats, job states,
+the job-id pattern, parameter limits), and checked against the live routes by schemathesis
 (bench/schemathesis_run.py and tests/test_api_server.py).
 """
 
@@ -8,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .filters import MAX_PARAM
-from .record import FIELDS
+from ..filters import FORMATS, MAX_PARAM
+from ..jobs import JOB_ID_PATTERN, STATES
+from ..record import FIELDS
+from .documents import DOWNLOAD_PATH, JOB_PATH, PREFIX
 
-JOB_ID_PATTERN = r"^export-\d{8}-\d{3,}$"
 INSTANT_EXAMPLE = "2026-03-01T00:00:00Z"
 NO_CONTROL = "^[^\\x00-\\x1f\\x7f]*$"  # the filter refuses control characters
 
@@ -77,7 +79,7 @@ def document() -> dict[str, Any]:
             "required": False,
             "description": "Export format: csv (default), json (the AuditExport envelope) "
             "or jsonl (JSON Lines, one record per line).",
-            "schema": {"type": "string", "enum": ["csv", "json", "jsonl"], "default": "csv"},
+            "schema": {"type": "string", "enum": list(FORMATS), "default": "csv"},
         },
         {
             "name": "from",
@@ -120,7 +122,7 @@ def document() -> dict[str, Any]:
             "and external analysis. Exports over the synchronous limit (10,000 records by "
             "default) become background jobs: 202 Accepted with a download link.",
         },
-        "servers": [{"url": "/api/v1"}],
+        "servers": [{"url": PREFIX}],
         "security": [{"bearerAuth": []}],
         "tags": [{"name": "Audit", "description": "Export Audit"}],
         "paths": {
@@ -160,7 +162,7 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
-            "/audit/export/jobs/{jobId}": {
+            JOB_PATH.replace("{job_id}", "{jobId}"): {
                 "get": {
                     "operationId": "getExportJob",
                     "summary": "Export job status",
@@ -174,7 +176,7 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
-            "/audit/export/download/{jobId}": {
+            DOWNLOAD_PATH.replace("{job_id}", "{jobId}"): {
                 "get": {
                     "operationId": "downloadExport",
                     "summary": "Download an export job's file",
@@ -320,16 +322,7 @@ def document() -> dict[str, Any]:
                             "type": "object",
                             "required": ["state", "estimatedRecords", "downloadUrl", "expiresAt"],
                             "properties": {
-                                "state": {
-                                    "enum": [
-                                        "queued",
-                                        "processing",
-                                        "completed",
-                                        "failed",
-                                        "cancelled",
-                                        "expired",
-                                    ]
-                                },
+                                "state": {"enum": list(STATES)},
                                 "estimatedRecords": {"type": "integer", "minimum": 0},
                                 "downloadUrl": {"type": "string"},
                                 "expiresAt": {

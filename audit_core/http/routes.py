@@ -6,8 +6,9 @@
     GET /openapi.json                    the OpenAPI 3.1 description of the above
 
 Every data route takes `Authorization: Bearer <token>` (the download route also takes a
-portal-signed `?sig=`); every error is the JSON Status body of DESIGN.md. The routes are
-thin: parse, authenticate, call `service`/`jobs`, shape the response.
+portal-signed `?sig=`); every error is the JSON Status body of DESIGN.md, made from the
+`AuditError` the domain raised, in one place (`_endpoint`). The routes are thin: parse,
+authenticate, call `service`/`jobs`, shape the response. They are handed the context.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
-import re
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -27,11 +27,29 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from . import access, jobs, links, openapi, portal, service
-from .access import AccessDenied, Principal, Unauthorized
-from .filters import MAX_PARAM, AuditFilter, FilterError, parse_format
-from .formats import CONTENT_TYPES, filename
-from .portal import Context
+from .. import access, export, jobs, service
+from ..access import Principal
+from ..context import Context
+from ..errors import (
+    AuditError,
+    ConflictError,
+    GoneError,
+    NotFoundError,
+    TooManyRequestsError,
+    UnauthorizedError,
+)
+from ..filters import MAX_PARAM, AuditFilter, FilterError, parse_format
+from ..formats import CONTENT_TYPES, filename
+from . import links, openapi
+from .documents import (
+    DOWNLOAD_PATH,
+    JOB_PATH,
+    JOB_URL,
+    SECURITY_HEADERS,
+    download_name,
+    error_response,
+    job_document,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,46 +58,16 @@ MAX_QUERY = 4096  # characters in a whole query string
 FILE_CHUNK = 1 << 20  # bytes per chunk when serving a job's file
 RETRY_NOT_READY = 5  # seconds a poller should wait for a job
 RETRY_BUSY = 10  # seconds a caller over a limit should wait
-_SAFE_PATH = re.compile(r"[A-Za-z0-9._~/-]*")
-SECURITY_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 REALM = 'Bearer realm="audit-export"'
 
 Handler = Callable[[Request, Context, "StreamLimiter"], Awaitable[Response]]
 
 
-class ApiError(Exception):
-    """An answer other than success, carried to the route wrapper."""
+class MethodNotAllowedError(AuditError):
+    """This API answers GET only."""
 
-    def __init__(
-        self, code: int, reason: str, message: str, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.reason = reason
-        self.message = message
-        self.headers = headers or {}
-
-
-def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Status",
-        "status": "Failure",
-        "code": code,
-        "reason": reason,
-        "message": message,
-    }
-
-
-def error_response(
-    code: int, reason: str, message: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse(status_body(code, reason, message), code, headers=headers)
-
-
-def _context() -> Context:
-    """The process's settings and engine (portal.reset() lets tests switch databases)."""
-    return portal.context()
+    status = 405
+    reason = "MethodNotAllowed"
 
 
 # --------------------------------------------------------------------------- limits
@@ -96,12 +84,10 @@ class StreamLimiter:
         with self._lock:
             n = self._open.get(key, 0)
             if n >= limit:
-                raise ApiError(
-                    429,
-                    "TooManyRequests",
+                raise TooManyRequestsError(
                     f"you already have {n} exports or downloads streaming (the limit is "
                     f"{limit}); wait for one to finish",
-                    {"Retry-After": str(RETRY_BUSY)},
+                    retry_after=RETRY_BUSY,
                 )
             self._open[key] = n + 1
 
@@ -122,13 +108,13 @@ def _client_ip(request: Request) -> str:
 
 
 async def _authenticate(request: Request, ctx: Context) -> Principal:
-    """The bearer token's principal; Unauthorized (401) when missing or not valid."""
+    """The bearer token's principal; UnauthorizedError (401) when missing or not valid."""
     header = request.headers.get("authorization")
     if header is None:
-        raise Unauthorized("an API token is required: send Authorization: Bearer <token>")
+        raise UnauthorizedError("an API token is required: send Authorization: Bearer <token>")
     token = access.bearer_token(header)
     if not token:
-        raise Unauthorized("the Authorization header must be: Bearer <token>")
+        raise UnauthorizedError("the Authorization header must be: Bearer <token>")
     who: Principal = await run_in_threadpool(
         access.authenticate_token, ctx.engine, token, _client_ip(request)
     )
@@ -140,7 +126,7 @@ async def _signed(request: Request, ctx: Context, job_id: str) -> Principal:
     """The principal of a portal-signed download link (?sig=)."""
     sig = request.query_params.get("sig", "")
     if len(sig) > MAX_PARAM:
-        raise Unauthorized("this download link is not valid")
+        raise UnauthorizedError("this download link is not valid")
     email = links.verify_download(sig, job_id, ctx.settings)
 
     def lookup() -> Principal | None:
@@ -152,7 +138,7 @@ async def _signed(request: Request, ctx: Context, job_id: str) -> Principal:
         # Sign-in is off: the portal signs links for its one local admin (loopback only).
         who = replace(access.LOCAL_ADMIN, source_ip=_client_ip(request))
     if who is None:
-        raise Unauthorized("the person this link was signed for no longer has access")
+        raise UnauthorizedError("the person this link was signed for no longer has access")
     request.state.principal = who
     return who
 
@@ -180,7 +166,7 @@ def _check_query(request: Request, allowed: tuple[str, ...]) -> None:
 def _job_id(request: Request) -> str:
     job_id = str(request.path_params["job_id"])
     if not jobs.JOB_ID_RE.match(job_id) or len(job_id) > 40:
-        raise ApiError(404, "NotFound", f"no export job {job_id[:60]!r}")
+        raise NotFoundError(f"no export job {job_id[:60]!r}")
     return job_id
 
 
@@ -225,19 +211,19 @@ async def export_route(request: Request, ctx: Context, limiter: StreamLimiter) -
         namespace=params.getlist("namespace") or None,
     )
 
-    def make_plan() -> Any:
+    def make_plan() -> export.ExportPlan:
         with ctx.engine.connect() as conn:
             return service.plan_export(conn, who, flt, fmt)
 
     plan = await run_in_threadpool(make_plan)
     if not service.is_immediate(plan, ctx.settings):
         job = await run_in_threadpool(jobs.enqueue, ctx.engine, plan, who, ctx.settings)
-        doc = jobs.document(job)
+        doc = job_document(job)
         return JSONResponse(
             doc,
             202,
             headers={
-                "Location": f"/api/v1/audit/export/jobs/{job.job_id}",
+                "Location": JOB_URL.format(job_id=job.job_id),
                 "Retry-After": str(RETRY_NOT_READY),
             },
         )
@@ -268,7 +254,7 @@ async def job_route(request: Request, ctx: Context, limiter: StreamLimiter) -> R
     who = await _authenticate(request, ctx)
     _check_query(request, ())
     job = await _visible_job(ctx, _job_id(request), who)
-    return JSONResponse(jobs.document(job))
+    return JSONResponse(job_document(job))
 
 
 async def _visible_job(ctx: Context, job_id: str, who: Principal) -> jobs.JobInfo:
@@ -278,7 +264,7 @@ async def _visible_job(ctx: Context, job_id: str, who: Principal) -> jobs.JobInf
 
     job = await run_in_threadpool(get)
     if job is None:  # unknown and someone else's look the same: no enumeration
-        raise ApiError(404, "NotFound", f"no export job {job_id}")
+        raise NotFoundError(f"no export job {job_id}")
     return job
 
 
@@ -292,14 +278,13 @@ async def download_route(request: Request, ctx: Context, limiter: StreamLimiter)
     _check_query(request, ("sig",))
     job = await _visible_job(ctx, _job_id(request), who)
     if jobs.is_expired(job):
-        raise ApiError(410, "Gone", f"export job {job.job_id} has expired and its file was removed")
+        raise GoneError(f"export job {job.job_id} has expired and its file was removed")
     if job.state in jobs.ACTIVE:
-        return JSONResponse(jobs.document(job), 202, headers={"Retry-After": str(RETRY_NOT_READY)})
-    if job.state != "completed":
-        why = f": {job.last_error}" if job.state == "failed" and job.last_error else ""
-        raise ApiError(
-            409, "Conflict", f"export job {job.job_id} is {job.state}{why}; no file to download"
-        )
+        return JSONResponse(job_document(job), 202, headers={"Retry-After": str(RETRY_NOT_READY)})
+    if job.state != jobs.JobState.COMPLETED:
+        failed = job.state == jobs.JobState.FAILED
+        why = f": {job.last_error}" if failed and job.last_error else ""
+        raise ConflictError(f"export job {job.job_id} is {job.state}{why}; no file to download")
     key = _limit_key(who, request)
     limiter.acquire(key, ctx.settings.max_concurrent_streams)
     try:
@@ -321,7 +306,7 @@ async def download_route(request: Request, ctx: Context, limiter: StreamLimiter)
         media_type=media,
         headers={
             "Content-Length": str(job.file_size),
-            "Content-Disposition": f'attachment; filename="{jobs.download_name(job)}"',
+            "Content-Disposition": f'attachment; filename="{download_name(job)}"',
             "ETag": f'"sha256-{job.file_sha256}"',
             "Repr-Digest": f"sha-256=:{digest}:",
             "X-Total-Records": str(job.rows_written),
@@ -334,9 +319,7 @@ def _open_and_record(ctx: Context, job: jobs.JobInfo, who: Principal) -> BinaryI
     try:
         fh = open(jobs.file_path(ctx.settings, job), "rb")  # noqa: SIM115 - closed by release
     except FileNotFoundError:
-        raise ApiError(
-            410, "Gone", f"export job {job.job_id} has expired and its file was removed"
-        ) from None
+        raise GoneError(f"export job {job.job_id} has expired and its file was removed") from None
     try:
         with ctx.engine.begin() as conn:
             access.record(
@@ -365,81 +348,27 @@ async def openapi_route(request: Request, ctx: Context, limiter: StreamLimiter) 
 
 
 async def not_found(request: Request, ctx: Context, limiter: StreamLimiter) -> Response:
-    raise ApiError(404, "NotFound", f"no such API path: {request.url.path[:200]}")
+    raise NotFoundError(f"no such API path: {request.url.path[:200]}")
 
 
 # --------------------------------------------------------------------------- wiring
 
 
-class LoopbackOnlyMiddleware:
-    """In local mode (sign-in off, everyone is the admin) answer loopback clients only.
-
-    The start-up check refuses a non-loopback server.address, but `uvicorn app:app --host
-    0.0.0.0` does not go through that setting; this refuses the requests themselves.
-    """
-
-    def __init__(self, app: Any, enabled: Callable[[], bool]) -> None:
-        self.app = app
-        self.enabled = enabled
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] in ("http", "websocket") and self.enabled():
-            client = scope.get("client") or ("", 0)
-            if not access.is_loopback(str(client[0])):
-                if scope["type"] == "websocket":
-                    await send({"type": "websocket.close", "code": 1008})
-                    return
-                response = error_response(
-                    403,
-                    "Forbidden",
-                    "sign-in is off (local mode): this portal only answers on loopback",
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-class ApiMiddleware:
-    """ASGI middleware for /api/v1, placed by app.py outside Streamlit's own middleware.
-
-    - Answers uncompressed: Streamlit gzips at level 9 for any client that accepts it,
-      which would cut a streamed export's throughput several times over and change the
-      bytes a download's Content-Length and Repr-Digest describe. (Smaller files: queue
-      a gzip job.)
-    - Answers a path no API route could match (characters outside [A-Za-z0-9._~/-],
-      `..` or `//`) with the JSON 404 itself; otherwise Streamlit's path-security check
-      would answer a plain-text 400.
-    """
-
-    def __init__(self, app: Any, prefix: str = "/api/v1") -> None:
-        self.app = app
-        self.prefix = prefix
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        path = scope.get("path", "") if scope["type"] == "http" else ""
-        if path == self.prefix or path.startswith(self.prefix + "/"):
-            if not _SAFE_PATH.fullmatch(path) or ".." in path or "//" in path:
-                response = error_response(404, "NotFound", "no such API path")
-                response.headers.update(SECURITY_HEADERS)
-                await response(scope, receive, send)
-                return
-            headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"accept-encoding"]
-            scope = {**scope, "headers": headers}
-        await self.app(scope, receive, send)
-
-
-def _record_denied(request: Request, message: str) -> None:
+def _record_denied(request: Request, ctx: Context, message: str) -> None:
     """Write portal.access_denied for an authenticated caller the grants refused (403)."""
     who = getattr(request.state, "principal", None)
     if not isinstance(who, Principal):
         return
-    ctx = _context()
     what = f"api {request.url.path[:200]}: {message}"
     access.denied(ctx.engine, who.email, who.role, what, who.source_ip, ctx.settings)
 
 
 def _endpoint(
-    handler: Handler, limiter: StreamLimiter, *, needs_context: bool = True
+    handler: Handler,
+    limiter: StreamLimiter,
+    get_context: Callable[[], Context],
+    *,
+    needs_context: bool = True,
 ) -> Callable[..., Any]:
     """Wrap a handler: GET only, JSON Status errors, no-store headers, no traceback leaks."""
 
@@ -447,31 +376,14 @@ def _endpoint(
         response: Response
         try:
             if request.method != "GET":
-                raise ApiError(
-                    405,
-                    "MethodNotAllowed",
+                raise MethodNotAllowedError(
                     f"{request.method[:20]} is not allowed here; this API only answers GET",
-                    {"Allow": "GET"},
+                    headers={"Allow": "GET"},
                 )
-            ctx = await run_in_threadpool(_context) if needs_context else None
+            ctx = get_context() if needs_context else None
             response = await handler(request, ctx, limiter)  # type: ignore[arg-type]
-        except ApiError as e:
-            response = error_response(e.code, e.reason, e.message, e.headers)
-        except Unauthorized as e:
-            presented = "authorization" in request.headers or "sig" in request.query_params
-            challenge = f'{REALM}, error="invalid_token"' if presented else REALM
-            response = error_response(401, "Unauthorized", str(e), {"WWW-Authenticate": challenge})
-        except AccessDenied as e:
-            response = error_response(403, "Forbidden", str(e))
-            await run_in_threadpool(_record_denied, request, str(e))
-        except FilterError as e:
-            response = error_response(400, "BadRequest", str(e))
-        except jobs.TooManyJobs as e:
-            response = error_response(
-                429, "TooManyRequests", str(e), {"Retry-After": str(RETRY_BUSY * 6)}
-            )
-        except jobs.JobError as e:
-            response = error_response(409, "Conflict", str(e))
+        except AuditError as e:
+            response = await _error_answer(request, e, get_context)
         except Exception:  # noqa: BLE001 - the last line: log it, never leak it
             ref = uuid.uuid4().hex[:12]
             log.exception("API error %s on %s %s", ref, request.method, request.url.path)
@@ -489,21 +401,34 @@ def _endpoint(
     return run
 
 
+async def _error_answer(
+    request: Request, e: AuditError, get_context: Callable[[], Context]
+) -> Response:
+    """The Status answer for a domain error; a 401 challenges, a 403 is audited."""
+    headers = dict(e.headers)
+    if e.status == 401:
+        presented = "authorization" in request.headers or "sig" in request.query_params
+        headers["WWW-Authenticate"] = f'{REALM}, error="invalid_token"' if presented else REALM
+    if e.status == 403:
+        await run_in_threadpool(_record_denied, request, get_context(), e.message)
+    return error_response(e.status, e.reason, e.message, headers or None)
+
+
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
 
-def routes() -> list[BaseRoute]:
+def routes(get_context: Callable[[], Context]) -> list[BaseRoute]:
     """The API's routes, to mount at /api/v1 (a JSON 404 catches every other path)."""
     limiter = StreamLimiter()  # one per mounted API: streams in flight in this process
 
     def route(path: str, handler: Handler, needs_context: bool = True) -> Route:
-        endpoint = _endpoint(handler, limiter, needs_context=needs_context)
+        endpoint = _endpoint(handler, limiter, get_context, needs_context=needs_context)
         return Route(path, endpoint, methods=ALL_METHODS)
 
     return [
         route("/audit/export", export_route),
-        route("/audit/export/jobs/{job_id}", job_route),
-        route("/audit/export/download/{job_id}", download_route),
+        route(JOB_PATH, job_route),
+        route(DOWNLOAD_PATH, download_route),
         route("/openapi.json", openapi_route, needs_context=False),
         route("/{path:path}", not_found, needs_context=False),
     ]

@@ -1,0 +1,30 @@
+"""What every command shares: who the operator is, and the migrated engine."""
+
+from __future__ import annotations
+
+import getpass
+
+from sqlalchemy import Engine
+
+from ..access import Principal
+from ..config import Settings
+from ..db import make_engine, migrate
+
+
+def actor() -> str:
+    """The operator as recorded in the log: cli:<os user>."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # noqa: BLE001 - no login name in some containers
+        return "cli:unknown"
+
+
+def cli_principal() -> Principal:
+    """Operators act with full rights."""
+    return Principal(actor(), "admin", None, "local")
+
+
+def open_engine(settings: Settings) -> Engine:
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    return engine

@@ -1,0 +1,76 @@
+"""The JSON bodies and URLs the API hands out: Status errors, job documents, file names."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+from ..formats import filename
+from ..jobs import JobInfo, JobState
+from ..record import format_instant
+
+PREFIX = "/api/v1"
+JOB_PATH = "/audit/export/jobs/{job_id}"
+DOWNLOAD_PATH = "/audit/export/download/{job_id}"
+DOWNLOAD_URL = PREFIX + DOWNLOAD_PATH
+JOB_URL = PREFIX + JOB_PATH
+SECURITY_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+
+
+def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
+    """The Status body of every error (DESIGN.md)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Status",
+        "status": "Failure",
+        "code": code,
+        "reason": reason,
+        "message": message,
+    }
+
+
+def error_response(
+    code: int, reason: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(status_body(code, reason, message), code, headers=headers)
+
+
+def job_document(job: JobInfo, now: datetime | None = None) -> dict[str, Any]:
+    """The seed's AuditExportJob body, with progress fields after the seed's own."""
+    status: dict[str, Any] = {
+        "state": job.state,
+        "estimatedRecords": job.estimated_records,
+        "downloadUrl": DOWNLOAD_URL.format(job_id=job.job_id),
+        "expiresAt": _expires_text(job, now),
+        "rowsWritten": job.rows_written,
+    }
+    if job.state in (JobState.COMPLETED, JobState.EXPIRED):
+        status["fileSize"] = job.file_size
+        status["sha256"] = job.file_sha256
+    if job.state == JobState.FAILED and job.last_error:
+        status["error"] = job.last_error
+    return {
+        "apiVersion": "v1",
+        "kind": "AuditExportJob",
+        "metadata": {"jobId": job.job_id},
+        "status": status,
+    }
+
+
+def _expires_text(job: JobInfo, now: datetime | None) -> str | None:
+    if job.expires_at is None or job.state in (JobState.FAILED, JobState.CANCELLED):
+        return None  # no file will ever exist
+    if job.state in (JobState.COMPLETED, JobState.EXPIRED):
+        return format_instant(job.expires_at)
+    # Not finished yet: the file will live at least TTL from now. The stored estimate is
+    # created_at + TTL, so the job carries the TTL it was queued under.
+    ttl = job.expires_at - job.created_at
+    now = now or datetime.now(UTC)
+    return format_instant(max(job.expires_at, now + ttl).replace(microsecond=0))
+
+
+def download_name(job: JobInfo) -> str:
+    """The attachment name offered to the browser: audit-export-YYYYMMDD.<ext>[.gz]."""
+    return filename(job.format, job.created_at, job.compression)
