@@ -43,6 +43,15 @@ def _seconds(env: dict[str, str], name: str, default: float, scale: float = 1.0)
     return value * scale
 
 
+def _origin(raw: str) -> str:
+    origin = raw.strip() or "audit-export-portal"
+    if any(c.isspace() or c == "+" for c in origin) or not origin.isprintable():
+        raise ConfigError(
+            f"AUDIT_LOG_ORIGIN must be printable text without spaces or '+', got {raw!r}"
+        )
+    return origin
+
+
 @dataclass(frozen=True)
 class Timing:
     """How a worker paces itself (AUDIT_WORKER_*); tests use short leases."""
@@ -84,6 +93,9 @@ class Settings:
     max_concurrent_streams: int = 2
     max_queued_jobs: int = 5
     timing: Timing = field(default_factory=Timing)
+    signing_key_file: Path | None = None  # None: data/signing.key, made at first start
+    log_origin: str = "audit-export-portal"
+    checkpoint_seconds: float = 300.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -106,7 +118,17 @@ class Settings:
             max_concurrent_streams=_int(env, "AUDIT_MAX_CONCURRENT_STREAMS", 2),
             max_queued_jobs=_int(env, "AUDIT_MAX_QUEUED_JOBS", 5),
             timing=Timing.from_env(env),
+            signing_key_file=Path(key_file)
+            if (key_file := env.get("AUDIT_SIGNING_KEY_FILE"))
+            else None,
+            log_origin=_origin(env.get("AUDIT_LOG_ORIGIN", "")),
+            checkpoint_seconds=_seconds(env, "AUDIT_CHECKPOINT_SECONDS", 300.0),
         )
+
+    @property
+    def key_path(self) -> Path:
+        """The signing key: AUDIT_SIGNING_KEY_FILE, else beside the link secret."""
+        return self.signing_key_file or self.export_dir.parent / "signing.key"
 
     @property
     def engine_kind(self) -> str:

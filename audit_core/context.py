@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from . import store
+from . import evidence, store
 from .config import Settings
 from .db import make_engine, migrate, refresh_statistics
 from .errors import AuditError
+from .evidence import Signer
 from .query import max_seq
 
 log = logging.getLogger(__name__)
@@ -29,11 +30,14 @@ class Context:
     engine: Engine
     demo: bool  # running on generated demo data
     local_mode: bool = False  # sign-in off: the server is loopback-only, one local admin
+    signer: Signer | None = None  # the log's Ed25519 key and origin (evidence.py)
 
 
 def build(settings: Settings, *, local_mode: bool = False) -> Context:
     """Open and migrate the database; seed demo data only when none is configured and empty."""
+    signer = evidence.load_signer(settings)
     engine = make_engine(settings.database_url)
+    evidence.attach(engine, signer)
     migrate(engine)
     demo = False
     if not settings.database_configured:
@@ -47,7 +51,7 @@ def build(settings: Settings, *, local_mode: bool = False) -> Context:
                 store.append(conn, generate(DEMO_RECORDS))
         demo = True
     refresh_statistics(engine)
-    return Context(settings, engine, demo, local_mode)
+    return Context(settings, engine, demo, local_mode, signer)
 
 
 class NoContextError(AuditError):

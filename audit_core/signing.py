@@ -16,6 +16,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .errors import ConfigError
+
 # C2SP signed-note: a signature line starts with an em dash (U+2014) and a space.
 SIG_PREFIX = "\u2014 "
 # C2SP signed-note signature type for Ed25519 keys, hashed into the key id.
@@ -27,7 +29,7 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _KEY_HELP = "point AUDIT_SIGNING_KEY_FILE at an Ed25519 private key in PKCS#8 PEM"
 
 
-class SigningKeyError(ValueError):
+class SigningKeyError(ConfigError):
     """A signing key file that cannot be read, created or used."""
 
 

@@ -6,6 +6,7 @@ import getpass
 
 from sqlalchemy import Engine
 
+from .. import evidence
 from ..access import Principal
 from ..config import Settings
 from ..db import make_engine, migrate
@@ -25,6 +26,9 @@ def cli_principal() -> Principal:
 
 
 def open_engine(settings: Settings) -> Engine:
+    """The migrated engine, with the log's signer attached (appends sign the new head)."""
+    signer = evidence.load_signer(settings)
     engine = make_engine(settings.database_url)
+    evidence.attach(engine, signer)
     migrate(engine)
     return engine
