@@ -11,6 +11,8 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
+    LargeBinary,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -62,8 +64,11 @@ class AuditRecord(Base):
     source_ip: Mapped[str] = mapped_column("sourceIP", String(64))
     checksum: Mapped[str] = mapped_column(String(71))
     chain: Mapped[str] = mapped_column(String(64))
+    # The record's 0-based place in the Merkle tree (insertion order, dense; migration 0004).
+    leaf: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
     __table_args__ = (
+        Index("ux_audit_leaf", "leaf", unique=True),
         Index("ix_audit_ts", "ts", "seq"),
         # The filter indexes carry the other filter columns too (migration 0002): counts
         # under any mix of filters read one index alone.
@@ -97,6 +102,48 @@ class ChainHead(Base):
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     last_hash: Mapped[str] = mapped_column(String(64))
     appends: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The Merkle tree's size and root, and their signed note (re-signed by every append).
+    tree_size: Mapped[int] = mapped_column(BigInteger, default=0)
+    tree_root: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
+    signed_head: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Hex SHA-256 of the newest signed export manifest: the next one's previousManifest.
+    last_manifest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class MerkleNode(Base):
+    """A complete subtree's hash at level >= merkle.TILE_LEVEL: (level, idx) covers leaves
+    [idx * 2**level, (idx + 1) * 2**level). Smaller subtrees are hashed from the records."""
+
+    __tablename__ = "merkle_nodes"
+
+    level: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class Checkpoint(Base):
+    """A kept signed checkpoint: periodic, for an export's snapshot, or on demand."""
+
+    __tablename__ = "checkpoints"
+
+    id: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    tree_size: Mapped[int] = mapped_column(BigInteger, index=True)
+    root: Mapped[bytes] = mapped_column(LargeBinary(32))
+    note: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ExportManifest(Base):
+    """A signed export manifest, kept so jobs and streamed exports can serve theirs."""
+
+    __tablename__ = "export_manifests"
+
+    export_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    manifest: Mapped[bytes] = mapped_column(LargeBinary)
+    signature: Mapped[bytes] = mapped_column(LargeBinary(64))
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class IdCounter(Base):
@@ -176,3 +223,6 @@ COUNTERS = cast(Table, IdCounter.__table__)
 JOBS = cast(Table, ExportJob.__table__)
 USERS = cast(Table, PortalUser.__table__)
 TOKENS = cast(Table, ApiToken.__table__)
+NODES = cast(Table, MerkleNode.__table__)
+CHECKPOINTS = cast(Table, Checkpoint.__table__)
+MANIFESTS = cast(Table, ExportManifest.__table__)

@@ -422,6 +422,18 @@ def distinct_values(conn: Connection, column: str, flt: AuditFilter | None = Non
     return [str(v) for v in conn.execute(stmt).scalars()]
 
 
+def edge_ids(
+    conn: Connection, flt: AuditFilter, upto_seq: int | None = None
+) -> tuple[str | None, str | None]:
+    """The ids of the first and last record an export writes (time, then key order)."""
+    where = _where(flt, upto_seq)
+    first = conn.execute(select(T.c.id).where(where).order_by(T.c.ts, T.c.seq).limit(1))
+    last = conn.execute(
+        select(T.c.id).where(where).order_by(T.c.ts.desc(), T.c.seq.desc()).limit(1)
+    )
+    return first.scalar(), last.scalar()
+
+
 def first_timestamp(conn: Connection, flt: AuditFilter, upto_seq: int | None = None) -> str | None:
     stmt = select(T.c.timestamp).where(_where(flt, upto_seq)).order_by(T.c.ts, T.c.seq).limit(1)
     return conn.execute(stmt).scalar()

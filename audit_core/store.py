@@ -1,4 +1,5 @@
-"""Append records to the log: one writer at a time, hash chain, daily id counters."""
+"""Append records to the log: one writer at a time; rows, chain, day counts and Merkle tree
+in one transaction, and the tree head signed anew (evidence.advance_head)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, except_, func, insert, select, update
 
+from . import evidence, tree
 from .errors import ConflictError
 from .models import AUDIT as T
 from .models import COUNTERS, DAYS, HEAD
@@ -81,15 +83,18 @@ def append(conn: Connection, records: Iterable[Record]) -> int:
     Raises RecordConflictError when an id is stored with a different checksum.
     """
     last_seq, last_hash = lock_head(conn)
+    head = evidence.read_head(conn)
+    evidence.check_head(conn, head)
+    size = head.size
     added = 0
     batch: list[Record] = []
 
     def flush() -> None:
-        nonlocal last_seq, last_hash, added
+        nonlocal last_seq, last_hash, added, size
         if not batch:
             return
         stored = existing_checksums(conn, [r.id for r in batch])
-        rows = []
+        rows: list[dict[str, object]] = []
         seen: set[str] = set()
         for r in batch:
             if r.id in stored or r.id in seen:
@@ -98,9 +103,11 @@ def append(conn: Connection, records: Iterable[Record]) -> int:
                 continue
             seen.add(r.id)
             last_hash = chain_next(last_hash, r.checksum)
-            rows.append(_row(r, last_hash))
+            rows.append(_row(r, last_hash, size + len(rows)))
         if rows:
             conn.execute(insert(T), rows)
+            tree.extend(conn, size, [tree.leaf_of(str(r["checksum"])) for r in rows])
+            size += len(rows)
             _raise_counters(conn, batch)
             _add_day_counts(conn, rows)
             added += len(rows)
@@ -116,6 +123,7 @@ def append(conn: Connection, records: Iterable[Record]) -> int:
         conn.execute(
             update(HEAD).where(HEAD.c.id == 1).values(last_seq=last_seq, last_hash=last_hash)
         )
+        evidence.advance_head(conn, size)
     return added
 
 
@@ -162,6 +170,13 @@ def day_counts_differ(conn: Connection) -> bool:
     return bool(conn.execute(both).scalar())
 
 
+def day_count_totals(conn: Connection) -> tuple[int, int]:
+    """(records the day counts account for, records in the log)."""
+    counted = conn.execute(select(func.coalesce(func.sum(DAYS.c.n), 0))).scalar_one()
+    rows = conn.execute(select(func.count()).select_from(T)).scalar_one()
+    return int(counted), int(rows)
+
+
 def rebuild_day_counts(conn: Connection) -> None:
     """Recompute audit_day_counts from the rows (after rows were loaded around append)."""
     conn.execute(delete(DAYS))
@@ -170,8 +185,9 @@ def rebuild_day_counts(conn: Connection) -> None:
     )
 
 
-def _row(r: Record, chain: str) -> dict[str, object]:
+def _row(r: Record, chain: str, leaf: int) -> dict[str, object]:
     return {
+        "leaf": leaf,
         "id": r.id,
         "ts": r.ts,
         "timestamp": r.timestamp,

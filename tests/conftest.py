@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from audit_core import context, store
+from audit_core import context, evidence, signing, store
 from audit_core.config import Settings
 from audit_core.context import Context
 from audit_core.db import make_engine, migrate
@@ -29,6 +29,9 @@ TABLES = (
     "export_jobs",
     "portal_users",
     "api_tokens",
+    "merkle_nodes",
+    "checkpoints",
+    "export_manifests",
 )
 
 
@@ -66,7 +69,10 @@ def reset(engine: Engine) -> None:
             for t in TABLES:
                 conn.execute(text(f"DELETE FROM {t}"))
         conn.execute(
-            text("UPDATE chain_head SET last_seq = 0, last_hash = :h, appends = 0"),
+            text(
+                "UPDATE chain_head SET last_seq = 0, last_hash = :h, appends = 0, tree_size = 0,"
+                " tree_root = NULL, signed_head = NULL, last_manifest = NULL"
+            ),
             {"h": "0" * 64},
         )
 
@@ -86,9 +92,12 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    """An engine on a fresh, migrated, empty database (SQLite file or PostgreSQL)."""
+def engine(db_url: str, tmp_path: Path) -> Iterator[Engine]:
+    """An engine on a fresh, migrated, empty database (SQLite file or PostgreSQL), signing
+    with the test's key (the one `settings` names, so the CLI and the portal share it)."""
     eng = make_engine(db_url)
+    key = signing.load_or_create_key(tmp_path / "signing.key")
+    evidence.attach(eng, evidence.Signer(key, Settings().log_origin))
     yield eng
     eng.dispose()
 

@@ -150,14 +150,27 @@ def test_rebuild_and_verify_notice_wrong_day_counts(engine: Engine) -> None:
         assert query.count(conn, AuditFilter()) == 200
 
 
+def downgrade(engine: Engine, revision: str) -> None:
+    """Take the schema back to an older revision, as a store made before it would be."""
+    from alembic import command
+    from alembic.config import Config
+
+    from audit_core.db import MIGRATIONS_DIR
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+
+
 def test_the_migration_counts_rows_already_stored(engine: Engine) -> None:
     """A database from before revision 0003 gets its day counts filled on upgrade."""
     add_demo(engine, 300, seed=25)
     with engine.begin() as conn:
         store.append(conn, edge_records())
         want = from_rows(conn)
-        conn.execute(text("DROP TABLE audit_day_counts"))
-        conn.execute(text("UPDATE alembic_version SET version_num = '0002'"))
+    downgrade(engine, "0002")
     migrate(engine)
     with engine.connect() as conn:
         assert stored(conn) == want

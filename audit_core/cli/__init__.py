@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from ..config import Settings
 from ..errors import AuditError
-from . import access, commands, worker
+from . import access, commands, evidence, worker
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.register(sub)
     worker.register(sub)
     access.register(sub)
+    evidence.register(sub)
     return p
 
 

@@ -9,13 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from .. import evidence, manifests, signing, store
 from .. import export as export_mod
 from .. import ingest as ingest_mod
-from .. import store
 from ..config import Settings
 from ..db import refresh_statistics
 from ..errors import UsageError
 from ..filters import AuditFilter, parse_format
+from ..formats import filename
 from ..integrity import verify
 from .common import actor, open_engine
 
@@ -69,7 +70,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
-    """Write matching records to stdout or a file."""
+    """Write matching records to stdout or a file, with a signed manifest beside the file."""
     fmt = parse_format(args.format)
     flt = AuditFilter.parse(
         start=args.start,
@@ -78,29 +79,47 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
         user=args.user,
         namespace=args.namespace,
     )
+    description = _description(args)
     engine = open_engine(settings)
-    out: IO[bytes]
+    to_file = bool(args.output and args.output != "-")
     with engine.connect() as conn:
         plan = export_mod.plan(conn, flt, fmt)
-        if args.output and args.output != "-":
+        if to_file:
             target = Path(args.output)
             tmp = target.with_name(target.name + ".part")
             with open(tmp, "wb") as out:
-                for chunk in export_mod.chunks(conn, plan):
-                    out.write(chunk)
+                sink = _write(conn, plan, out)
             tmp.replace(target)
         else:
-            out = sys.stdout.buffer
-            for chunk in export_mod.chunks(conn, plan):
-                out.write(chunk)
-            out.flush()
+            sink = _write(conn, plan, sys.stdout.buffer)
+    signed = None
+    if not args.no_manifest and (to_file or args.manifest):
+        name = Path(args.output).name if to_file else filename(fmt, plan.exported_at)
+        requester = manifests.Requester(actor(), "admin", "cli")
+        signed = manifests.sign(
+            engine,
+            plan,
+            requester,
+            description=description,
+            file_name=name,
+            file_bytes=sink.size,
+            file_sha256=sink.hexdigest(),
+        )
+        where = (
+            manifests.paths_for(Path(args.manifest))
+            if args.manifest
+            else manifests.paths_beside(Path(args.output))
+        )
+        manifests.write(signed, *where)
     with engine.begin() as conn:
         store.log_event(
             conn,
             action="audit.export",
             user=actor(),
             role="admin",
-            resource=f"{fmt} {plan.total} rows; {plan.filter.describe()}",
+            resource=f"{fmt} {plan.total} rows; {plan.filter.describe()}"
+            + (f"; {signed.export_id}" if signed else "")
+            + f"; {description}",
             resource_type="AuditExport",
             namespace=settings.self_namespace,
             source_ip="local",
@@ -109,17 +128,43 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _write(conn: Any, plan: export_mod.ExportPlan, out: IO[bytes]) -> signing.HashingSink:
+    """Write the export's bytes to out, hashing them on the way (for the manifest)."""
+    sink = signing.HashingSink(out)
+    for chunk in export_mod.chunks(conn, plan):
+        sink.write(chunk)
+    sink.flush()
+    return sink
+
+
+def _description(args: argparse.Namespace) -> str:
+    """The parameters as given, for the manifest and the audit record."""
+    given = [("format", args.format), ("from", args.start), ("to", args.end)]
+    given += [("action", args.action), ("user", args.user), ("namespace", args.namespace)]
+    return " ".join(f"{k}={v}" for k, v in given if v is not None)
+
+
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
-    """Check every checksum and the hash chain; exit 1 naming the first bad row."""
+    """Check every record, the chain, the Merkle tree and its signed heads; exit 1 naming
+    the first thing that broke."""
     engine = open_engine(settings)
     if args.recount:
         with engine.begin() as conn:
+            counted, rows = store.day_count_totals(conn)
             store.rebuild_day_counts(conn)
-        print("day counts rebuilt from the records")
+        print(
+            f"day counts rebuilt from the records: they accounted for {counted} records, "
+            f"the log holds {rows}"
+            + ("" if counted == rows else f" ({abs(rows - counted)} not accounted for)")
+        )
     with engine.connect() as conn:
         result = verify(conn)
+        kept = evidence.checkpoint_count(conn)
     if result.ok:
-        print(f"ok: {result.checked} records, checksums, hash chain and day counts intact")
+        print(
+            f"ok: {result.checked} records: checksums, search columns, hash chain, Merkle "
+            f"tree, signed head, {kept} kept checkpoints and day counts intact"
+        )
         return 0
     where = f"record {result.bad_id}" if result.bad_id else result.place
     print(f"FAILED at {where}: {result.reason} ({result.checked} records verified before it)")
@@ -207,6 +252,14 @@ def register(sub: Any) -> None:
     e.add_argument("--user", help="users, comma-separated, any case")
     e.add_argument("--namespace", help="namespaces, comma-separated")
     e.add_argument("-o", "--output", help="file to write (default stdout)")
+    e.add_argument(
+        "--manifest",
+        metavar="PATH",
+        help="where to write the signed manifest (default: FILE.manifest.json beside -o FILE)",
+    )
+    e.add_argument(
+        "--no-manifest", action="store_true", help="write no signed manifest and signature"
+    )
     e.set_defaults(func=cmd_export)
 
     v = sub.add_parser("verify", help="check checksums, the hash chain and the day counts")
