@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from audit_core import access
+from audit_core import access, views
 from audit_core.access import Principal
 from pages import common
 
@@ -22,7 +22,7 @@ def sign_in_page() -> None:
     except Exception:  # noqa: BLE001 - unreadable secrets: let st.login report the problem
         providers = ["default"]
     for name in providers:
-        label = "Sign in" if len(providers) == 1 else f"Sign in with {name.title()}"
+        label = "Sign in" if len(providers) == 1 else f"Sign in with {views.md(name.title())}"
         if st.button(label, type="primary", key=f"portal_sign_in_{name}"):
             if name == "default":
                 st.login()
@@ -33,9 +33,9 @@ def sign_in_page() -> None:
 def no_access_page() -> None:
     email = str(st.user.get("email") or "")
     st.title("No access yet")
-    st.write(
-        f"You are signed in as **{email}**, but this portal has no grant for that account. "
-        "Ask a portal admin to add you with a role and the namespaces you audit."
+    st.markdown(
+        f"You are signed in as {views.code(email)}, but this portal has no grant for that "
+        "account. Ask a portal admin to add you with a role and the namespaces you audit."
     )
     if st.button("Sign out", key="portal_sign_out_denied"):
         st.logout()
@@ -78,6 +78,7 @@ else:
         st.Page(
             "pages/exports.py", title="Exports", icon=":material/download:", url_path="exports"
         ),
+        st.Page("pages/verify.py", title="Verify", icon=":material/verified:", url_path="verify"),
     ]
     if who.is_admin:
         pages += [

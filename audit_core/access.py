@@ -10,9 +10,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import math
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -21,7 +25,13 @@ from sqlalchemy import Connection, Engine, Table, func, insert, select, update
 
 from . import store
 from .config import Settings
-from .errors import BadRequestError, ConfigError, ForbiddenError, UnauthorizedError
+from .errors import (
+    BadRequestError,
+    ConfigError,
+    ForbiddenError,
+    TooManyRequestsError,
+    UnauthorizedError,
+)
 from .filters import AuditFilter
 from .models import ApiToken, PortalUser
 
@@ -592,6 +602,154 @@ def denied(
             namespace=settings.self_namespace,
             source_ip=source_ip,
         )
+
+
+@dataclass
+class _Repeats:
+    """One (who, role, address, what) refused within a window; its first record is written."""
+
+    started: float
+    who: Principal
+    what: str
+    count: int = 0  # refusals after the first, not written yet
+
+
+@dataclass
+class _Strikes:
+    """The refusals of one key (a token, an address) within a window, and requests turned away."""
+
+    started: float
+    limit: int
+    refusals: int = 0
+    turned_away: int = 0
+    who: Principal | None = None  # the last one refused under this key
+
+
+class RefusalGuard:
+    """Recent refusals in this process: turns repeat offenders away, coalesces their records.
+
+    A key ("token aep_1a2b3c4d", "address 10.0.0.5") refused its limit of times within a
+    window is turned away (`check` raises TooManyRequestsError, 429) until that window ends.
+    The first refusal of one (who, role, address, what) in a window is written at once as
+    portal.access_denied; repeats within the window are only counted, and one summary
+    record "<what> (repeated N times in 60 s)" is written once the window has closed (at the
+    next refusal or `flush`), like the number of requests a key had turned away. At most
+    `max_entries` of each are held (the oldest is written out early), so a flood costs a
+    few rows and bounded memory; counts of a window still open when the process stops are lost.
+    """
+
+    def __init__(
+        self,
+        window: float,
+        *,
+        max_entries: int = 4096,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.window = window
+        self.max_entries = max_entries
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._repeats: OrderedDict[tuple[str, str, str, str], _Repeats] = OrderedDict()
+        self._strikes: OrderedDict[str, _Strikes] = OrderedDict()
+
+    def check(self, keys: Iterable[str]) -> None:
+        """Raise TooManyRequestsError when a key has had its limit of refusals in this window."""
+        now = self._clock()
+        with self._lock:
+            for key in keys:
+                s = self._strikes.get(key)
+                if s is None or s.refusals < s.limit or now >= s.started + self.window:
+                    continue
+                s.turned_away += 1
+                wait = max(1, math.ceil(s.started + self.window - now))
+                raise TooManyRequestsError(
+                    f"{key} was refused {s.refusals} times in {self.window:g} s; "
+                    f"wait {wait} s before asking again",
+                    retry_after=wait,
+                )
+
+    def refused(
+        self, engine: Engine, settings: Settings, who: Principal, what: str, keys: Mapping[str, int]
+    ) -> None:
+        """Count one refusal of `who` against each key (its limit given) and audit it, coalesced."""
+        now = self._clock()
+        with self._lock:
+            out = self._closed(now)
+            for key, limit in keys.items():
+                strikes = self._strikes.get(key)
+                if strikes is None:
+                    out += self._make_room(self._strikes)
+                    strikes = self._strikes[key] = _Strikes(now, limit)
+                strikes.refusals += 1
+                strikes.who = who
+            same = (who.email, who.role, who.source_ip, what)
+            if (repeats := self._repeats.get(same)) is not None:
+                repeats.count += 1
+            else:
+                out += self._make_room(self._repeats)
+                self._repeats[same] = _Repeats(now, who, what)
+                out.append((who, what))
+        self._write(engine, settings, out)
+
+    def due(self) -> bool:
+        """True when a window has closed: `flush` then forgets it, writing what it leaves."""
+        now = self._clock()
+        with self._lock:
+            return any(
+                _opened(held) + self.window <= now for held in (self._repeats, self._strikes)
+            )
+
+    def flush(self, engine: Engine, settings: Settings) -> None:
+        """Write the summaries of every window that has closed."""
+        with self._lock:
+            out = self._closed(self._clock())
+        self._write(engine, settings, out)
+
+    def _closed(self, now: float) -> list[tuple[Principal, str]]:
+        """Forget the windows that have closed; return the summaries they leave to write.
+
+        Both maps are in the order their windows opened, so the closed ones come first.
+        """
+        return self._pop_closed(self._repeats, now) + self._pop_closed(self._strikes, now)
+
+    def _pop_closed(self, held: OrderedDict[Any, Any], now: float) -> list[tuple[Principal, str]]:
+        out: list[tuple[Principal, str]] = []
+        while _opened(held) + self.window <= now:
+            out += self._summary(*held.popitem(last=False))
+        return out
+
+    def _make_room(self, held: OrderedDict[Any, Any]) -> list[tuple[Principal, str]]:
+        return self._summary(*held.popitem(last=False)) if len(held) >= self.max_entries else []
+
+    def _summary(self, key: Any, entry: _Repeats | _Strikes) -> list[tuple[Principal, str]]:
+        span = f"{self.window:g} s"
+        if isinstance(entry, _Repeats):
+            if not entry.count:
+                return []
+            return [(entry.who, f"{entry.what} (repeated {entry.count} times in {span})")]
+        if not entry.turned_away or entry.who is None:
+            return []
+        what = (
+            f"api: {key} turned away {entry.turned_away} more requests (429) after "
+            f"{entry.refusals} refusals in {span}"
+        )
+        return [(entry.who, what)]
+
+    @staticmethod
+    def _write(engine: Engine, settings: Settings, out: list[tuple[Principal, str]]) -> None:
+        for who, what in out:
+            denied(engine, who.email, who.role, what, who.source_ip, settings)
+
+
+def _opened(held: Mapping[Any, _Repeats | _Strikes]) -> float:
+    """When the oldest window held opened (never, for none held)."""
+    return next(iter(held.values())).started if held else math.inf
+
+
+def token_prefix(token: str | None) -> str | None:
+    """The visible prefix (aep_xxxxxxxx) of a well-formed token, None for anything else."""
+    m = _TOKEN_RE.match((token or "").strip())
+    return f"{TOKEN_SCHEME}_{m.group(1)}" if m else None
 
 
 def signed_in(engine: Engine, principal: Principal, settings: Settings) -> None:

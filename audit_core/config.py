@@ -92,6 +92,11 @@ class Settings:
     secret_key: str = field(default="", repr=False)
     max_concurrent_streams: int = 2
     max_queued_jobs: int = 5
+    # Refusals (403) one API token may run into per window before it is turned away with
+    # 429 until the window ends; one client address gets three times as many. Repeats of
+    # one refusal within the window are written as one summary record (0 s: neither).
+    max_refusals: int = 10
+    refusal_window_seconds: float = 60.0
     timing: Timing = field(default_factory=Timing)
     signing_key_file: Path | None = None  # None: data/signing.key, made at first start
     log_origin: str = "audit-export-portal"
@@ -117,6 +122,8 @@ class Settings:
             secret_key=env.get("AUDIT_SECRET_KEY", "") or _local_secret(export_dir),
             max_concurrent_streams=_int(env, "AUDIT_MAX_CONCURRENT_STREAMS", 2),
             max_queued_jobs=_int(env, "AUDIT_MAX_QUEUED_JOBS", 5),
+            max_refusals=_int(env, "AUDIT_MAX_REFUSALS", 10),
+            refusal_window_seconds=_seconds(env, "AUDIT_REFUSAL_WINDOW_SECONDS", 60.0),
             timing=Timing.from_env(env),
             signing_key_file=Path(key_file)
             if (key_file := env.get("AUDIT_SIGNING_KEY_FILE"))
@@ -142,13 +149,19 @@ def _local_secret(export_dir: Path) -> str:
     the box; several hosts must share AUDIT_SECRET_KEY.
     """
     path = export_dir.parent / "secret.key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it first
-            pass
-        else:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_urlsafe(48))
-    return path.read_text().strip()
+    try:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another process made it first
+                pass
+            else:
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(secrets.token_urlsafe(48))
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"the link secret {path} cannot be made or read ({exc.strerror or exc}): set "
+            "AUDIT_SECRET_KEY, or point AUDIT_EXPORT_DIR at a folder whose parent is writable"
+        ) from None

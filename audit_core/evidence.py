@@ -23,7 +23,7 @@ from .config import Settings
 from .errors import AuditError, BadRequestError, NotFoundError
 from .models import AUDIT, CHECKPOINTS, HEAD, MANIFESTS
 
-CHANNELS = ("ui", "api", "cli", "job")
+CHANNELS = signing.CHANNELS
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,11 @@ def check_head(conn: Connection, head: Head) -> None:
     if head.note is None:
         return
     _, size, root = note_head(head.note)
-    if size > head.size or tree.root(conn, size) != root:
+    try:
+        intact = size <= head.size and tree.root(conn, size) == root
+    except LookupError:  # leaves the signed tree holds are gone from the log
+        intact = False
+    if not intact:
         raise LogTamperedError(
             f"the log no longer matches its signed head (size {size}): nothing was appended; "
             "run `python -m audit_core verify`"
@@ -297,6 +301,9 @@ def sign_manifest(
     conn.execute(
         insert(MANIFESTS).values(
             export_id=export_id,
+            requested_by=requested_by["user"].lower(),
+            channel=requested_by["channel"],
+            file_name=file_name[:255],
             manifest=manifest,
             signature=signature,
             sha256=digest,
@@ -309,8 +316,9 @@ def sign_manifest(
 
 def manifest_for(conn: Connection, export_id: str) -> SignedManifest | None:
     row = conn.execute(
-        select(MANIFESTS.c.manifest, MANIFESTS.c.signature).where(
-            MANIFESTS.c.export_id == export_id
-        )
+        select(MANIFESTS.c.manifest, MANIFESTS.c.signature)
+        .where(MANIFESTS.c.export_id == export_id)
+        .order_by(MANIFESTS.c.created_at.desc())
+        .limit(1)
     ).first()
     return None if row is None else SignedManifest(export_id, bytes(row[0]), bytes(row[1]))

@@ -29,6 +29,12 @@ class FilterError(BadRequestError):
         self.field = field
 
 
+def refuse_control(name: str, raw: str) -> None:
+    """Refuse a value with a control character anywhere, even around it (CR/LF, tab, NUL)."""
+    if _CONTROL.search(raw):
+        raise FilterError(f"{name} contains a control character", name)
+
+
 def _split(name: str, raw: str | Iterable[str] | None) -> tuple[str, ...]:
     if raw is None:
         return ()
@@ -37,11 +43,12 @@ def _split(name: str, raw: str | Iterable[str] | None) -> tuple[str, ...]:
         raise FilterError(f"{name} is longer than {MAX_PARAM} characters", name)
     values: list[str] = []
     for part in parts:
-        value = part.strip()
+        # Checked before the spaces are trimmed: a CR/LF or tab around a value is refused,
+        # never quietly stripped (str.strip would remove it).
+        refuse_control(name, part)
+        value = part.strip(" ")
         if not value:
             continue
-        if _CONTROL.search(value):
-            raise FilterError(f"{name} contains a control character", name)
         if len(value) > MAX_VALUE:
             raise FilterError(f"{name} value is longer than {MAX_VALUE} characters", name)
         if value not in values:
@@ -52,11 +59,14 @@ def _split(name: str, raw: str | Iterable[str] | None) -> tuple[str, ...]:
 
 
 def _instant(name: str, raw: str | datetime | None) -> datetime | None:
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
+    if raw is None:
         return None
     if isinstance(raw, datetime):
         return parse_instant(raw.isoformat())
-    if len(raw) > 64 or _CONTROL.search(raw):
+    refuse_control(name, raw)
+    if not raw.strip(" "):
+        return None
+    if len(raw) > 64:
         raise FilterError(f"{name} is not an ISO 8601 date or time", name)
     try:
         return parse_instant(raw)
@@ -221,7 +231,10 @@ def _or(values: tuple[str, ...]) -> str:
 
 
 def parse_format(raw: str | None, default: str = "csv") -> str:
-    value = (raw or default).strip().lower()
+    """Validate a format name (csv, json, jsonl; any case, spaces around allowed)."""
+    if raw:
+        refuse_control("format", raw)
+    value = (raw or default).strip(" ").lower()
     if value not in FORMATS:
         raise FilterError(f"format must be one of csv, json, jsonl; got {raw!r}", "format")
     return value

@@ -24,6 +24,7 @@ Every change after the claim goes through `_transition` with the lease-holder gu
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ from sqlalchemy import (
     update,
 )
 
-from . import access, export, store
+from . import access, export, store, wakeup
 from .access import Principal
 from .config import Settings
 from .errors import ConflictError, NotFoundError, TooManyRequestsError
@@ -74,6 +75,10 @@ COMPRESSIONS = ("none", "gzip")
 JOB_ID_PATTERN = r"^export-\d{8}-\d{3,}$"
 JOB_ID_RE = re.compile(JOB_ID_PATTERN)
 MAX_ATTEMPTS = 3
+# The job path's pace, measured (bench/bench_paths.py): a Retry-After before a job has
+# shown its own. MAX_RETRY_AFTER keeps a poller from waiting past a stalled estimate.
+ASSUMED_ROWS_PER_SECOND = 300_000
+MAX_RETRY_AFTER = 60
 TOO_MANY_RETRY_SECONDS = 60  # a queue slot frees when a job finishes: minutes, not seconds
 
 
@@ -205,7 +210,9 @@ def enqueue(
             resource=job_id,
             resource_type="ExportJob",
         )
+        wakeup.announce(conn)  # workers in other processes hear of it at commit
         row = conn.execute(select(*_INFO_COLUMNS).where(J.c.job_id == job_id)).one()
+    wakeup.ring(engine)  # committed: this process's idle worker starts it now
     return _info(row)
 
 
@@ -275,6 +282,40 @@ def file_name(job_id: str, fmt: str, compression: str) -> str:
     return name + ".gz" if compression == "gzip" else name
 
 
+def seconds_left(
+    job: JobInfo, now: datetime | None = None, *, retry_at: datetime | None = None
+) -> float:
+    """How long until an active job's file is ready, as well as can be told now.
+
+    While it runs: the rows left at the pace it has kept so far. Before it starts (or
+    before its first rows): its size at ASSUMED_ROWS_PER_SECOND, the job path's measured
+    pace (BENCHMARKS.md), plus the time until a retry may start.
+    """
+    now = now or datetime.now(UTC)
+    left_rows = max(job.estimated_records - job.rows_written, 0)
+    started = job.started_at
+    if job.state == JobState.PROCESSING.value and started is not None and job.rows_written > 0:
+        elapsed = (now - _aware(started)).total_seconds()
+        if elapsed > 0:
+            return left_rows / (job.rows_written / elapsed)
+    wait = 0.0
+    if retry_at is not None:
+        wait = max((_aware(retry_at) - now).total_seconds(), 0.0)
+    return wait + left_rows / ASSUMED_ROWS_PER_SECOND
+
+
+def retry_after(
+    job: JobInfo, now: datetime | None = None, *, retry_at: datetime | None = None
+) -> int:
+    """The Retry-After to send a poller of an active job: seconds_left, rounded up, >= 1."""
+    left = seconds_left(job, now, retry_at=retry_at)
+    return max(1, min(math.ceil(left), MAX_RETRY_AFTER))
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def is_expired(job: JobInfo, now: datetime | None = None) -> bool:
     """True when the file is gone or past its expiry (even before the sweep ran)."""
     if job.state == JobState.EXPIRED.value:
@@ -285,6 +326,22 @@ def is_expired(job: JobInfo, now: datetime | None = None) -> bool:
         and job.expires_at is not None
         and job.expires_at <= now
     )
+
+
+def job_filter(conn: Connection, job_id: str) -> AuditFilter | None:
+    """The scoped filter a job was queued with (its namespaces: what it reads); None if unknown."""
+    text = conn.execute(select(J.c.filter_json).where(J.c.job_id == job_id)).scalar_one_or_none()
+    return None if text is None else AuditFilter.from_json(text)
+
+
+def retry_at(conn: Connection, job_id: str) -> datetime | None:
+    """When a job queued again after a failed attempt may run; None unless it waits for that."""
+    row = conn.execute(
+        select(J.c.state, J.c.last_error, J.c.lease_expires_at).where(J.c.job_id == job_id)
+    ).first()
+    if row is None or row.state != JobState.QUEUED.value or not row.last_error:
+        return None
+    return cast(datetime | None, row.lease_expires_at)
 
 
 # -- the lease lifecycle (workers) -----------------------------------------------------------
@@ -302,6 +359,7 @@ class ClaimedJob:
     estimated_records: int
     created_at: datetime
     requested_by: str
+    requested_role: str
     attempts: int
     lease_owner: str | None
 
@@ -317,6 +375,7 @@ class ClaimedJob:
             estimated_records=int(row.estimated_records),
             created_at=row.created_at,
             requested_by=str(row.requested_by),
+            requested_role=str(row.requested_role),
             attempts=int(row.attempts),
             lease_owner=row.lease_owner,
         )

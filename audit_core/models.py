@@ -139,10 +139,15 @@ class ExportManifest(Base):
 
     __tablename__ = "export_manifests"
 
-    export_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # A job's attempt that lost its lease may have signed one too: the newest one counts.
+    export_id: Mapped[str] = mapped_column(String(64), index=True)
+    # Copied out of the manifest, so a person's signed exports are listed without parsing.
+    requested_by: Mapped[str] = mapped_column(String(320), index=True)
+    channel: Mapped[str] = mapped_column(String(8))
+    file_name: Mapped[str] = mapped_column(String(255))
     manifest: Mapped[bytes] = mapped_column(LargeBinary)
     signature: Mapped[bytes] = mapped_column(LargeBinary(64))
-    sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 

@@ -9,15 +9,25 @@ AccessDeniedError answers it (403, or a message) and records it once with access
 
 from __future__ import annotations
 
+import itertools
+import json
+import re
+import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from datetime import datetime
+from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, select
 
-from . import access, export, query
+from . import access, evidence, export, manifests, offline_verify, query, signing
 from .access import AccessDeniedError, Principal, scope
 from .config import Settings
+from .errors import BadRequestError, NotFoundError
 from .filters import AuditFilter
+from .models import AUDIT, MANIFESTS
+from .offline_verify import Check
 
 PICKER_COLUMNS = ("action", "user", "namespace")
 
@@ -105,6 +115,15 @@ def fits_immediate(total: int, settings: Settings) -> bool:
     return total <= settings.sync_export_limit
 
 
+@dataclass(frozen=True)
+class ManifestRequest:
+    """Sign a manifest once the stream has ended: under this id, for this file name."""
+
+    export_id: str
+    file_name: str
+    description: str
+
+
 def export_chunks(
     engine: Engine,
     who: Principal,
@@ -112,33 +131,52 @@ def export_chunks(
     settings: Settings,
     *,
     channel: str = "api",
+    manifest: ManifestRequest | None = None,
 ) -> Iterator[bytes]:
     """Stream an immediate export's bytes, writing its audit.export record first.
 
     The plan is checked against the principal before anything else, so a plan made for
     someone else cannot be replayed. The record is written before the first byte leaves
     (a reader who hangs up half-way has still been recorded), and if it cannot be
-    written, nothing is handed out.
+    written, nothing is handed out. With `manifest`, the bytes are hashed on the way and
+    the signed manifest is kept once the last one has left.
     """
     check_plan(who, plan)
-    return _stream(engine, who, plan, settings, channel)
+    return _stream(engine, who, plan, settings, channel, manifest)
 
 
 def _stream(
-    engine: Engine, who: Principal, plan: export.ExportPlan, settings: Settings, channel: str
+    engine: Engine,
+    who: Principal,
+    plan: export.ExportPlan,
+    settings: Settings,
+    channel: str,
+    manifest: ManifestRequest | None,
 ) -> Iterator[bytes]:
+    sink = signing.HashingSink()
     with engine.connect() as conn:
         chunks = export.chunks(conn, plan)
         try:
             first = next(chunks, None)
             record_export(engine, who, plan, settings, channel=channel)
-            if first is not None:
-                yield first
-            yield from chunks
+            for chunk in itertools.chain([first] if first is not None else [], chunks):
+                sink.write(chunk)
+                yield chunk
         finally:
             # A reader who hangs up must not hand a connection with an open COPY or
             # cursor back to the pool: close the source before the connection.
             chunks.close()
+    if manifest is not None:
+        manifests.sign(
+            engine,
+            plan,
+            manifests.Requester(who.email, who.role, channel),
+            export_id=manifest.export_id,
+            description=manifest.description,
+            file_name=manifest.file_name,
+            file_bytes=sink.size,
+            file_sha256=sink.hexdigest(),
+        )
 
 
 def record_export(
@@ -160,3 +198,113 @@ def record_export(
             resource=f"{channel} {plan.fmt} {plan.total} rows; {plan.filter.describe()}",
             resource_type="AuditExport",
         )
+
+
+def manifest_for(
+    conn: Connection, export_id: str, who: Principal | None
+) -> evidence.SignedManifest | None:
+    """An export's signed manifest: its requester's or an admin's (None: checked already)."""
+    signed = evidence.manifest_for(conn, export_id)
+    if signed is None or who is None or who.is_admin:
+        return signed
+    requester = json.loads(signed.manifest)["requestedBy"]["user"]
+    return signed if str(requester).lower() == who.email.lower() else None
+
+
+@dataclass(frozen=True)
+class SignedExport:
+    """One signed export as the portal lists it."""
+
+    export_id: str
+    file_name: str
+    channel: str
+    requested_by: str
+    signed_at: datetime
+
+
+def signed_exports(conn: Connection, who: Principal, limit: int = 20) -> list[SignedExport]:
+    """The newest signed exports: the principal's own, or everyone's for an admin."""
+    m = MANIFESTS.c
+    stmt = select(m.export_id, m.file_name, m.channel, m.requested_by, m.created_at)
+    if not who.is_admin:
+        stmt = stmt.where(m.requested_by == who.email.lower())
+    rows = conn.execute(stmt.order_by(m.created_at.desc()).limit(limit)).all()
+    return [SignedExport(*row) for row in rows]
+
+
+# ---------------------------------------------------------------------------- evidence
+
+
+def prove_record(
+    conn: Connection, who: Principal, record_id: str, size: int | None = None
+) -> dict[str, Any]:
+    """The inclusion answer for a record the principal may see (DESIGN.md "Evidence").
+
+    A record outside the principal's grants is refused exactly like an unknown id, so
+    the answer does not tell anyone that it exists. The proof may keep a new on-demand
+    checkpoint: call this inside `engine.begin()`.
+    """
+    namespace = conn.execute(select(AUDIT.c.namespace).where(AUDIT.c.id == record_id)).scalar()
+    if namespace is None or not who.may_see(str(namespace)):
+        raise NotFoundError(f"no record {record_id}")
+    return evidence.inclusion(conn, record_id, size)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One uploaded file: the name it came under and its bytes."""
+
+    name: str
+    data: bytes
+
+
+def verify_upload(
+    file: Upload,
+    manifest: Upload,
+    signature: Upload,
+    public_pem: bytes,
+    proofs: Upload | None = None,
+) -> list[Check]:
+    """Run the offline verifier's checks over uploaded files with the portal's public key.
+
+    The list ends at the first failed check, as the verifier's does. Input it cannot use
+    at all (proofs that are not JSON, a nameless upload) raises BadRequestError. Each
+    upload keeps its base name (the verifier compares the file's with the manifest's),
+    in a folder of its own so that two uploads never overwrite each other; messages name
+    the uploads, never the server's temporary folder.
+    """
+    with tempfile.TemporaryDirectory(prefix="audit-verify-") as tmp:
+        root = Path(tmp)
+        key = root / "portal.pub.pem"
+        key.write_bytes(public_pem)
+        paths = {
+            role: _place(root / role, upload)
+            for role, upload in (("file", file), ("manifest", manifest), ("sig", signature))
+        }
+        proofs_path = None if proofs is None else _place(root / "proofs", proofs)
+        try:
+            checks = offline_verify.verify_bundle(
+                paths["file"], paths["manifest"], paths["sig"], key, proofs_path
+            )
+        except offline_verify.UnusableInputError as exc:
+            raise BadRequestError(_unrooted(str(exc), root)) from None
+        except Exception as exc:  # noqa: BLE001 - like the verifier's CLI: one line, no traceback
+            reason = _unrooted(f"{type(exc).__name__}: {exc}", root)
+            raise BadRequestError(f"cannot check ({reason})") from None
+    return [replace(c, reason=_unrooted(c.reason, root)) for c in checks]
+
+
+def _place(folder: Path, upload: Upload) -> Path:
+    """Write an upload under its base name in `folder`; refuse a name that is no file name."""
+    name = upload.name.replace("\\", "/").rsplit("/", 1)[-1]
+    if name in ("", ".", "..") or "\x00" in name:
+        raise BadRequestError(f"the upload {upload.name!r} has no usable file name")
+    folder.mkdir()
+    path = folder / name
+    path.write_bytes(upload.data)
+    return path
+
+
+def _unrooted(text: str, root: Path) -> str:
+    """`text` with the temporary folder (and each upload's own folder) taken out of paths."""
+    return re.sub(re.escape(str(root)) + r"/(?:(?:file|manifest|sig|proofs)/)?", "", text)

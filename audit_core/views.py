@@ -6,6 +6,7 @@ Python (and pandas), so it is tested without a browser.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 import pandas as pd
 from sqlalchemy import Engine
 
-from . import query, service
+from . import evidence, manifests, query, service
 from .access import AccessDeniedError, Principal
 from .config import Settings
 from .filters import AuditFilter, FilterError
@@ -32,6 +33,55 @@ PREVIEW_COLUMNS = (
     *FREE_TEXT,
     "id",
 )
+
+
+# Every ASCII punctuation character: CommonMark renders any of them literally when it is
+# backslash-escaped, and each is, or starts, some markup somewhere: emphasis, links and
+# images, HTML tags and entities, tables, Streamlit's `:color[...]` directives, `$math$`.
+_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+# What escaping cannot stop. Streamlit's Markdown (1.67) finds GitHub's bare autolinks
+# (`https://...`, `www.x.y`, `a@b.c`) and `:emoji:` shortcodes in the text *after*
+# parsing, escapes already undone, so a word holding one goes in a code span instead,
+# whose text nothing rewrites.
+_REWRITTEN = re.compile(r"@|https?://|www\.|:[\w+-][\w+-]*:", re.IGNORECASE)
+_WHITESPACE = re.compile(r"(\s+)")
+_BACKTICKS = re.compile(r"`+")
+_ICONS = ":material/"  # Streamlit rewrites this everywhere in a body, code spans included
+
+
+def md(value: object) -> str:
+    """`value` as Markdown that shows exactly its text, for a value inside a sentence.
+
+    Anything from the log or from a person (a record field, an email, a filter value, an
+    error message quoting input) goes into Streamlit's Markdown bodies, labels and table
+    cells through this or `code`, never as it is (DESIGN.md "Values from the log are
+    data"). Punctuation is escaped; a word Streamlit would turn into a link or an emoji
+    whatever its escapes is shown as a code span.
+    """
+    words = _WHITESPACE.split(str(value))
+    return "".join(code(w) if _REWRITTEN.search(w) else _PUNCTUATION.sub(r"\\\1", w) for w in words)
+
+
+def code(value: object) -> str:
+    """`value` as a Markdown code span: monospace and literal (ids, checksums, addresses).
+
+    Nothing inside a code span is interpreted, and the fence is one backtick longer than
+    any run in the value, so a backtick cannot close it. A code span would turn line
+    breaks into spaces and Streamlit rewrites `:material/` even inside one: such values
+    are split there, the pieces in spans and the rest escaped.
+    """
+    text = str(value)
+    if not text.strip() or "\n" in text or "\r" in text:
+        return md(text)
+    if _ICONS in text:
+        return _PUNCTUATION.sub(r"\\\1", _ICONS).join(
+            code(p) if p else "" for p in text.split(_ICONS)
+        )
+    fence = "`" * (max((len(run) for run in _BACKTICKS.findall(text)), default=0) + 1)
+    # A span's content loses one space at each end when it has one at both; and a
+    # backtick next to the fence would lengthen it. Pad, and the padding is what goes.
+    pad = text[0] in "` " or text[-1] in "` "
+    return f"{fence} {text} {fence}" if pad else f"{fence}{text}{fence}"
 
 
 @dataclass(frozen=True)
@@ -150,6 +200,18 @@ def record_detail(row: Mapping[str, str]) -> tuple[list[tuple[str, str]], bool]:
     return [(f, str(row.get(f, ""))) for f in FIELDS], compute_checksum(row) == row["checksum"]
 
 
+MONOSPACE_FIELDS = frozenset({"id", "checksum", "sourceIP"})
+
+
+def record_table(fields: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    """The record panel's field/value table. st.table renders Markdown in every cell, so
+    each value goes in literal: monospace for the id, checksum and address, escaped else."""
+    return {
+        "field": [f for f, _ in fields],
+        "value": [code(v) if f in MONOSPACE_FIELDS else md(v) for f, v in fields],
+    }
+
+
 def histogram_frame(buckets: Iterable[tuple[int, str, int]], by: str) -> pd.DataFrame:
     """(bucket start in µs, key, count) -> a frame with time (UTC), the key column and count."""
     rows = [(datetime.fromtimestamp(b / 1_000_000, UTC), k, n) for b, k, n in buckets]
@@ -209,18 +271,30 @@ def describe_namespaces(namespaces: frozenset[str] | None) -> str:
 
 
 def export_bytes(
-    engine: Engine, who: Principal, flt: AuditFilter, fmt: str, settings: Settings
+    engine: Engine,
+    who: Principal,
+    flt: AuditFilter,
+    fmt: str,
+    settings: Settings,
+    file_name: str | None = None,
 ) -> bytes:
     """Build an immediate (at or under the limit) export file in memory; audited as 'ui'.
 
-    The portal's download buttons call this only when clicked.
+    The portal's download buttons call this only when clicked. With `file_name` (the name
+    the browser saves it under) and a signing key, its manifest is signed and kept: the
+    Exports page lists it beside the person's other signed exports.
     """
     with engine.connect() as conn:
         plan = service.plan_export(conn, who, flt, fmt)
-    return b"".join(service.export_chunks(engine, who, plan, settings, channel="ui"))
+    manifest = None
+    if file_name is not None and evidence.signer_for(engine) is not None:
+        export_id = manifests.reserve_id(engine, plan)
+        manifest = service.ManifestRequest(export_id, file_name, flt.describe())
+    chunks = service.export_chunks(engine, who, plan, settings, channel="ui", manifest=manifest)
+    return b"".join(chunks)
 
 
-def _when(value: datetime | None) -> str:
+def when(value: datetime | None) -> str:
     return "" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
@@ -228,7 +302,7 @@ def users_frame(users: Iterable[Any]) -> pd.DataFrame:
     """Portal users as the Admin page lists them."""
     return pd.DataFrame(
         [
-            (u.email, u.role, u.grants, "active" if u.active else "removed", _when(u.updated_at))
+            (u.email, u.role, u.grants, "active" if u.active else "removed", when(u.updated_at))
             for u in users
         ],
         columns=["email", "role", "namespaces", "status", "changed"],
@@ -242,9 +316,9 @@ def tokens_frame(tokens: Iterable[Any]) -> pd.DataFrame:
             (
                 t.prefix,
                 t.email,
-                _when(t.expires_at),
-                _when(t.last_used_at) or "never",
-                "revoked " + _when(t.revoked_at) if t.revoked_at else "active",
+                when(t.expires_at),
+                when(t.last_used_at) or "never",
+                "revoked " + when(t.revoked_at) if t.revoked_at else "active",
             )
             for t in tokens
         ],

@@ -25,7 +25,7 @@ from typing import IO, Any
 
 from sqlalchemy import Engine
 
-from . import access, export, jobs
+from . import access, evidence, export, jobs, manifests, wakeup
 from .config import Settings, Timing
 from .context import Context
 from .errors import AuditError
@@ -33,6 +33,7 @@ from .jobs import MAX_ATTEMPTS, ClaimedJob, LeaseLostError
 
 log = logging.getLogger(__name__)
 THREAD_NAME = "audit-export-worker"
+STOP_CHECK_SECONDS = 0.5  # how soon an idle worker notices it was asked to stop
 
 
 class StopRequestedError(AuditError):
@@ -60,24 +61,42 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stop_event = stop_event or threading.Event()
         self._last_sweep = 0.0
+        self._last_checkpoint = time.monotonic()  # the first one after a full period
 
     # -- the loop -------------------------------------------------------------------------
 
     def run_forever(self) -> None:
         """Sweep, claim and run until stop_event is set."""
         log.info("export worker %s started", self.name)
+        listener = wakeup.Listener.start_for(self.engine, self.stop_event)
+        bell = wakeup.bell(self.engine)
         while not self.stop_event.is_set():
+            seen = bell.rung  # a job queued from here on ends the wait below at once
             try:
                 if time.monotonic() - self._last_sweep >= self.timing.sweep_seconds:
                     sweep_expired(self.engine, self.settings)
                     self._last_sweep = time.monotonic()
+                if time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_seconds:
+                    self._last_checkpoint = time.monotonic()
+                    if evidence.signer_for(self.engine) is not None:
+                        evidence.checkpoint_if_grown(self.engine)
                 ran = self.run_once()
             except Exception:  # noqa: BLE001 - a database hiccup must not kill the worker
                 log.exception("export worker %s: loop error", self.name)
                 ran = None
             if ran is None:
-                self.stop_event.wait(self.timing.poll_seconds)
+                self._idle(bell, seen)
+        if listener is not None:
+            listener.join()
         log.info("export worker %s stopped", self.name)
+
+    def _idle(self, bell: wakeup.Bell, seen: int) -> None:
+        """Wait for a queued job's ring, the next poll, or stop (looked at twice a second)."""
+        deadline = time.monotonic() + self.timing.poll_seconds
+        while not self.stop_event.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or bell.wait(seen, min(left, STOP_CHECK_SECONDS)):
+                return
 
     def run_until_idle(self) -> list[str]:
         """Run jobs until none is runnable; return their ids (scripts and tests)."""
@@ -117,6 +136,7 @@ class Worker:
             final.parent.mkdir(parents=True, exist_ok=True)
             _remove_stale_parts(final)
             size, digest, rows = self._write(job, plan, tmp)
+            self._sign(job, plan, final.name, size, digest)
             jobs.complete(
                 self.engine,
                 job,
@@ -140,6 +160,24 @@ class Worker:
             _unlink(tmp)
             log.exception("export worker %s: %s failed", self.name, job_id)
             self._failed(job, exc)
+
+    def _sign(
+        self, job: ClaimedJob, plan: export.ExportPlan, name: str, size: int, digest: str
+    ) -> None:
+        """Sign the job file's manifest (kept in the database, served beside the file)."""
+        if evidence.signer_for(self.engine) is None:
+            return  # a worker without the key builds files; the portal's worker signs them
+        requester = manifests.Requester(job.requested_by, job.requested_role, "job")
+        manifests.sign(
+            self.engine,
+            plan,
+            requester,
+            export_id=job.job_id,
+            description=plan.filter.describe(),
+            file_name=name,
+            file_bytes=size,
+            file_sha256=digest,
+        )
 
     def _write(self, job: ClaimedJob, plan: export.ExportPlan, tmp: Path) -> tuple[int, str, int]:
         with open(tmp, "wb") as fh:
@@ -186,7 +224,7 @@ class Worker:
                 close()  # end the database cursor while its connection is still open
 
     def _failed(self, job: ClaimedJob, exc: Exception) -> None:
-        error = f"{type(exc).__name__}: {exc}"[:2000]
+        error = attempt_error(exc)
         if job.attempts >= MAX_ATTEMPTS:
             jobs.fail(
                 self.engine, job, self.settings, f"failed after {job.attempts} attempts: {error}"
@@ -195,7 +233,21 @@ class Worker:
             # Back off before the next attempt (30 s, then 60 s by default): a full
             # disk or a database restart gets time to clear.
             wait = timedelta(seconds=self.timing.retry_seconds * 2 ** (job.attempts - 1))
-            jobs.retry_later(self.engine, job, error, wait)
+            jobs.retry_later(self.engine, job, f"{error}; the portal will retry", wait)
+
+
+def attempt_error(exc: Exception) -> str:
+    """What the requester is told about a failed attempt: the cause, never a server path.
+
+    The full exception, path and traceback included, is in the server log (run() logs it).
+    """
+    if isinstance(exc, AuditError):
+        return exc.message[:500]
+    if isinstance(exc, OSError):
+        # strerror is the OS's words alone ("Permission denied"); str(exc) adds the path.
+        why = exc.strerror or type(exc).__name__
+        return f"the export file could not be written ({why})"
+    return f"the export file could not be made ({type(exc).__name__}; see the server log)"
 
 
 def sweep_expired(engine: Engine, settings: Settings, now: datetime | None = None) -> list[str]:
@@ -264,6 +316,7 @@ class WorkerThreads:
         concurrency: int = 1,
         timing: Timing | None = None,
     ) -> None:
+        self.engine = engine
         self.stop_event = threading.Event()
         self.threads: list[threading.Thread] = []
         base = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -282,6 +335,7 @@ class WorkerThreads:
     def stop(self, timeout: float | None = 30.0) -> None:
         """Release any job in progress and wait for the threads to end."""
         self.stop_event.set()
+        wakeup.ring(self.engine)  # idle workers wake at once instead of at their next look
         for t in self.threads:
             t.join(timeout)
 

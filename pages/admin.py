@@ -14,6 +14,9 @@ from pages import common
 def _users(who: Principal) -> None:
     ctx = common.ctx()
     st.subheader("Users and grants")
+    saved = st.session_state.pop("admin_saved_user", None)
+    if saved:  # kept across the rerun that shows the new list
+        st.success(saved)
     with ctx.engine.connect() as conn:
         users = access.list_users(conn)
     if users:
@@ -40,9 +43,11 @@ def _users(who: Principal) -> None:
                 ctx.engine, email, role, grants or "", who, settings=ctx.settings
             )
         except (access.UserError, access.AccessDeniedError) as exc:
-            st.error(str(exc))
+            st.error(views.md(str(exc)))
         else:
-            st.success(f"{info.email} is now {info.role} on {info.grants}.")
+            st.session_state["admin_saved_user"] = (
+                f"{views.code(info.email)} is now {views.md(info.role)} on {views.md(info.grants)}."
+            )
             st.rerun()
     active = [u.email for u in users if u.active]
     if active:
@@ -61,7 +66,7 @@ def _tokens(who: Principal) -> None:
     st.subheader("API tokens")
     issued = st.session_state.pop("admin_new_token", None)
     if issued:
-        st.success(f"Token for {issued[1]}: copy it now, it is shown only once.")
+        st.success(f"Token for {views.code(issued[1])}: copy it now, it is shown only once.")
         st.code(issued[0], language=None)
     with st.form("admin_token_form"):
         c_email, c_days = st.columns([3, 1])
@@ -80,7 +85,7 @@ def _tokens(who: Principal) -> None:
                 ctx.engine, email, who, expires_in_days=int(days), settings=ctx.settings
             )
         except (access.UserError, access.AccessDeniedError) as exc:
-            st.error(str(exc))
+            st.error(views.md(str(exc)))
         else:
             st.session_state["admin_new_token"] = (plaintext, info.email)
             st.rerun()
@@ -120,7 +125,7 @@ def _pick_and_act(
         try:
             act(chosen or "")
         except (access.UserError, access.AccessDeniedError) as exc:
-            st.error(str(exc))
+            st.error(views.md(str(exc)))
         else:
             st.rerun()
 
@@ -132,7 +137,17 @@ def _settings(who: Principal) -> None:
     with ctx.engine.connect() as conn:
         recent = jobs.list_for(conn, who, limit=100)
     status = views.worker_status(recent)
-    st.table(
+    values = [
+        f"{s.sync_export_limit:,} records",
+        f"{s.export_ttl_hours} hours",
+        s.engine_kind,
+        str(s.export_dir),
+        s.self_namespace,
+        "OIDC (st.login)" if common.auth_on() else "off (local mode)",
+        str(status.threads),
+        status.jobs,
+    ]
+    st.table(  # st.table renders Markdown in its cells: the values go in literally
         {
             "setting": [
                 "Immediate download limit",
@@ -144,16 +159,7 @@ def _settings(who: Principal) -> None:
                 "Export workers in this process",
                 "Jobs (newest 100)",
             ],
-            "value": [
-                f"{s.sync_export_limit:,} records",
-                f"{s.export_ttl_hours} hours",
-                s.engine_kind,
-                str(s.export_dir),
-                s.self_namespace,
-                "OIDC (st.login)" if common.auth_on() else "off (local mode)",
-                str(status.threads),
-                status.jobs,
-            ],
+            "value": [views.md(v) for v in values],
         }
     )
 

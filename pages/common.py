@@ -60,9 +60,10 @@ def frame(*, admins_only: bool = False) -> Principal:
         st.stop()
     signed_in = bool(st.session_state.get(SIGNED_IN_KEY))
     with st.sidebar:
-        st.markdown(f"**{who.email}**" if signed_in else "**Local admin**")
-        st.caption(f"Role: {who.role}")
-        st.caption(f"Namespaces: {views.describe_namespaces(who.namespaces)}")
+        # Who is here, as literal text: an email in Markdown would become a mailto: link.
+        st.markdown(views.code(who.email) if signed_in else "**Local admin**")
+        st.caption(f"Role: {views.md(who.role)}")
+        st.caption(f"Namespaces: {views.md(views.describe_namespaces(who.namespaces))}")
         if signed_in and st.button("Sign out", key="portal_sign_out"):
             st.logout()
     if not auth_on():
@@ -76,8 +77,11 @@ def frame(*, admins_only: bool = False) -> Principal:
 
 
 def refused(who: Principal, message: str, what: str) -> None:
-    """Show a refusal beside the widget and audit it once per session and message."""
-    st.error(message)
+    """Show a refusal beside the widget and audit it once per session and message.
+
+    The message may quote what was asked for (a namespace from the URL): shown literally.
+    """
+    st.error(views.md(message))
     seen: set[str] = st.session_state.setdefault("portal_refusals", set())
     if message not in seen:
         seen.add(message)

@@ -114,7 +114,7 @@ def _filter_form(who: Principal) -> tuple[AuditFilter | None, views.FilterInput]
         "namespace": err_ns,
     }
     for field, message in errors.items():
-        slots.get(field, err_from).error(message)
+        slots.get(field, err_from).error(views.md(message))  # it quotes what was typed
     return flt, typed
 
 
@@ -126,13 +126,13 @@ def _sync_url(typed: views.FilterInput) -> None:
 
 
 def _summary(s: query.Summary, flt: AuditFilter) -> None:
-    st.caption(flt.describe())
+    st.caption(views.md(flt.describe()))
     cols = st.columns(3)
     cols[0].metric("Matching records", f"{s.total:,}")
     cols[1].metric("Users", f"{s.users:,}")
     cols[2].metric("Actions", f"{s.actions:,}")
     if s.total:
-        st.markdown(f"First record **{s.first}** · last record **{s.last}** (UTC)")
+        st.markdown(f"First record {views.code(s.first)} · last record {views.code(s.last)} (UTC)")
 
 
 def _charts(who: Principal, flt: AuditFilter, data: views.ExploreData) -> None:
@@ -220,12 +220,14 @@ def _preview(who: Principal, flt: AuditFilter, data: views.ExploreData) -> None:
     if rows and rows[0] < len(page.rows):
         fields, ok = views.record_detail(page.rows[rows[0]])
         with st.container(border=True):
-            st.markdown(f"**Record {fields[0][1]}**")
-            st.table({"field": [f for f, _ in fields], "value": [v for _, v in fields]})
+            st.markdown(f"**Record** {views.code(fields[0][1])}")
+            st.table(views.record_table(fields))
             if ok:
                 st.success("Checksum matches the record's fields.", icon=":material/verified:")
             else:
                 st.error("Checksum does NOT match the record's fields.")
+            if st.button("Prove this record", key="explore_prove", icon=":material/verified:"):
+                st.switch_page("pages/verify.py", query_params={"record": fields[0][1]})
 
 
 def _export(who: Principal, flt: AuditFilter, total: int) -> None:
@@ -237,15 +239,19 @@ def _export(who: Principal, flt: AuditFilter, total: int) -> None:
         today = datetime.now(UTC)
         cols = st.columns(3)
         for col, fmt in zip(cols, FORMATS, strict=True):
+            name = formats.filename(fmt, today)
             col.download_button(
                 f"Download {FMT_LABELS[fmt]}",
-                data=lambda fmt=fmt: views.export_bytes(ctx.engine, who, flt, fmt, ctx.settings),
-                file_name=formats.filename(fmt, today),
+                data=lambda fmt=fmt, name=name: views.export_bytes(
+                    ctx.engine, who, flt, fmt, ctx.settings, name
+                ),
+                file_name=name,
                 mime=formats.CONTENT_TYPES[fmt],
                 key=f"explore_download_{fmt}",
                 on_click="ignore",
                 width="stretch",
             )
+        st.caption("Each download is signed: its manifest and signature are on the Exports page.")
         return
     st.info(
         f"{total:,} records match. Downloads over {limit:,} records are built in the "
@@ -262,11 +268,14 @@ def _export(who: Principal, flt: AuditFilter, total: int) -> None:
                 plan = service.plan_export(conn, who, flt, fmt or "csv")
             job = jobs.enqueue(ctx.engine, plan, who, ctx.settings)
         except jobs.TooManyJobsError as exc:
-            st.warning(str(exc))
+            st.warning(views.md(str(exc)))
         except AccessDeniedError as exc:
             common.refused(who, str(exc), "queue export")
         else:
-            st.success(f"Queued {job.job_id}: {plan.total:,} records as {FMT_LABELS[plan.fmt]}.")
+            st.success(
+                f"Queued {views.code(job.job_id)}: {plan.total:,} records as "
+                f"{FMT_LABELS[plan.fmt]}."
+            )
     st.page_link("pages/exports.py", label="Follow your exports", icon=":material/download:")
 
 

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import streamlit as st
 
-from audit_core import jobs, views
+from audit_core import jobs, service, views
 from audit_core.access import Principal
 from audit_core.errors import AuditError
 from audit_core.http import links
@@ -38,11 +38,12 @@ def _job(job: jobs.JobInfo, who: Principal) -> None:
     with st.container(border=True):
         head, action = st.columns([5, 1])
         head.markdown(
-            f"{STATE_ICONS.get(job.state, '')} **{job.job_id}** · {job.state} · "
-            f"{job.format.upper()} · {job.estimated_records:,} records"
-            + (f" · requested by {job.requested_by}" if who.is_admin else "")
+            f"{STATE_ICONS.get(job.state, '')} **{views.code(job.job_id)}** · "
+            f"{views.md(job.state)} · {views.md(job.format.upper())} · "
+            f"{job.estimated_records:,} records"
+            + (f" · requested by {views.code(job.requested_by)}" if who.is_admin else "")
         )
-        head.caption(job.filter_text or "All records")
+        head.caption(views.md(job.filter_text or "All records"))
         if job.state in jobs.ACTIVE:
             value = views.progress(job.rows_written, job.estimated_records, job.state)
             st.progress(value, text=f"{job.rows_written:,} of {job.estimated_records:,} rows")
@@ -50,18 +51,26 @@ def _job(job: jobs.JobInfo, who: Principal) -> None:
             try:
                 jobs.cancel(ctx.engine, job.job_id, who, ctx.settings)
             except AuditError as exc:
-                st.warning(exc.message)
+                st.warning(views.md(exc.message))
             st.rerun()
         if job.state == "completed":
             left = views.time_left(job.expires_at)
             st.caption(
                 f"{job.rows_written:,} rows · {views.human_size(job.file_size)} · "
-                f"expires in {left}  \nSHA-256 {job.file_sha256}"
+                f"expires in {left}  \nSHA-256 {views.code(job.file_sha256 or '')}"
             )
             url = links.sign_download(job.job_id, who.email, ctx.settings)
             action.link_button("Download", url, type="primary", icon=":material/download:")
+            if ctx.signer is not None:
+                evidence = st.columns([1, 1, 4])
+                for col, part, label in (
+                    (evidence[0], "/manifest", "Manifest"),
+                    (evidence[1], "/manifest.sig", "Signature"),
+                ):
+                    part_url = links.sign_download(job.job_id, who.email, ctx.settings, part=part)
+                    col.link_button(label, part_url, icon=":material/verified:")
         elif job.state == "failed":
-            st.error(job.last_error or "The export failed.")
+            st.error(views.md(job.last_error or "The export failed."))
         elif job.state == "expired":
             st.caption("The file has expired and was deleted; queue the export again if needed.")
 
@@ -89,6 +98,47 @@ def _live(who: Principal, by: str | None, state: str | None) -> None:
         st.rerun()
 
 
+def _signed(who: Principal) -> None:
+    """The newest signed exports (downloads, API streams, CLI files, jobs) and their evidence."""
+    ctx = common.ctx()
+    with ctx.engine.connect() as conn:
+        found = service.signed_exports(conn, who)
+    st.subheader("Signed exports")
+    if not found:
+        st.caption("No signed exports yet: every download from Explore and every job is signed.")
+        return
+    st.caption(
+        "Check a file with its manifest and signature on the Verify page, or offline with "
+        "the verifier and the public key."
+    )
+    for item in found:
+        c_name, c_manifest, c_sig = st.columns([4, 1, 1])
+        c_name.markdown(
+            f"{views.code(item.export_id)} · {views.code(item.file_name)} · "
+            f"{views.md(item.channel)} · {views.md(views.when(item.signed_at))}"
+            + (f" · {views.code(item.requested_by)}" if who.is_admin else "")
+        )
+        stem = item.file_name
+        for col, suffix, attr, label, mime in (
+            (c_manifest, ".manifest.json", "manifest", "Manifest", "application/json"),
+            (c_sig, ".manifest.sig", "signature", "Signature", "application/octet-stream"),
+        ):
+            col.download_button(
+                label,
+                data=lambda export_id=item.export_id, attr=attr: _evidence(who, export_id, attr),
+                file_name=stem + suffix,
+                mime=mime,
+                key=f"exports_{attr}_{item.export_id}",
+                on_click="ignore",
+            )
+
+
+def _evidence(who: Principal, export_id: str, attr: str) -> bytes:
+    with common.ctx().engine.connect() as conn:
+        signed = service.manifest_for(conn, export_id, who)
+    return b"" if signed is None else bytes(getattr(signed, attr))
+
+
 who = common.frame()
 st.title("Exports")
 st.caption(
@@ -103,3 +153,4 @@ if _running:
     _live(who, by, state)
 else:
     _jobs(who, by, state)
+_signed(who)

@@ -8,6 +8,8 @@ import streamlit as st
 
 from audit_core import ingest
 from audit_core.access import Principal
+from audit_core.errors import AuditError
+from audit_core.views import code
 from pages import common
 
 
@@ -22,8 +24,11 @@ def _report(report: ingest.IngestReport) -> None:
     cols[2].metric("Already stored", f"{report.already_stored:,}")
     cols[3].metric("Refused", f"{report.bad:,}")
     if report.problems:
+        whole = any(pos == 0 for pos, _ in report.problems)  # the file's shape, not a record
         st.error(
-            f"{report.bad:,} record(s) refused, so nothing from this file can be added. "
+            "This file was refused, so nothing from it can be added. Fix it and upload it again."
+            if whole
+            else f"{report.bad:,} record(s) refused, so nothing from this file can be added. "
             "Fix them and upload the file again."
         )
         st.dataframe(
@@ -31,6 +36,8 @@ def _report(report: ingest.IngestReport) -> None:
             hide_index=True,
             width="stretch",
         )
+        if whole:
+            st.caption("Record 0 is the file as a whole.")
         if report.bad > len(report.problems):
             st.caption(f"Showing the first {len(report.problems)} of {report.bad:,}.")
 
@@ -54,18 +61,25 @@ def main(who: Principal) -> None:
         return
     try:
         fmt = ingest.detect_format(upload.name)
-    except ValueError as exc:
-        st.error(str(exc))
+    except AuditError as exc:
+        st.error("This file cannot be checked:")
+        st.text(exc.message)  # quotes the file name: text, never Markdown
         return
     data = upload.getvalue()
     marker = (upload.file_id, len(data))
     if st.session_state.get("ingest_checked_for") != marker:
         with st.spinner("Checking every record..."):
-            st.session_state["ingest_report"] = ingest.check(ctx.engine, _opener(data), fmt)
+            checked = ingest.check(ctx.engine, _opener(data), fmt)
+        if checked.bad:
+            reason = ingest.refusal(checked.problems, checked.bad)
+            ingest.record_refusal(
+                ctx.engine, upload.name, checked.sha256, reason, who, ctx.settings
+            )
+        st.session_state["ingest_report"] = checked
         st.session_state["ingest_checked_for"] = marker
         st.session_state.pop("ingest_done", None)
     report: ingest.IngestReport = st.session_state["ingest_report"]
-    st.subheader(f"Check of {upload.name}")
+    st.subheader(f"Check of {code(upload.name)}")
     _report(report)
     done = st.session_state.get("ingest_done")
     if done is not None:
@@ -79,9 +93,17 @@ def main(who: Principal) -> None:
     if st.button(f"Add {report.new:,} records", type="primary", key="ingest_confirm"):
         try:
             with st.spinner("Adding records..."):
-                result = ingest.ingest(ctx.engine, _opener(data), fmt)
-        except ingest.IngestError as exc:
-            st.error(str(exc))
+                result = ingest.ingest(
+                    ctx.engine,
+                    _opener(data),
+                    fmt,
+                    name=upload.name,
+                    principal=who,
+                    settings=ctx.settings,
+                )
+        except AuditError as exc:
+            st.error("The file was refused, so nothing from it was added:")
+            st.text(exc.message)  # names parts of the file: shown as text, never Markdown
             return
         common.forget_reads()
         st.session_state["ingest_done"] = result.added

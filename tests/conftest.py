@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +18,10 @@ from audit_core.context import Context
 from audit_core.db import make_engine, migrate
 from audit_core.demo import generate
 from audit_core.record import compute_checksum
+
+with warnings.catch_warnings():  # starlette warns that httpx is deprecated for TestClient
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
 
 PG_ADMIN_URL = os.environ.get(
     "AUDIT_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -159,3 +164,24 @@ def installed(settings: Settings) -> Iterator[Context]:
     finally:
         context.install(previous)
         ctx.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The real app, lifespan run once for the session (on a throwaway SQLite database).
+
+    Here, not in a test module: st.App runs one Streamlit runtime per process, so a second
+    session copy of this fixture (a module importing it) would wait for it for ever.
+    """
+    base = tmp_path_factory.mktemp("api-session")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AUDIT_DATABASE_URL", f"sqlite:///{base}/session.db")
+    mp.setenv("AUDIT_EXPORT_DIR", str(base / "exports"))
+    mp.setenv("AUDIT_SECRET_KEY", "session-secret-0123456789abcdef0123456789")
+    from app import app
+
+    try:
+        with TestClient(app, raise_server_exceptions=False) as c:
+            yield c
+    finally:
+        mp.undo()

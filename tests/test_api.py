@@ -38,23 +38,6 @@ TO = "2026-03-21T00:00:00Z"  # after every demo record, before any record the AP
 LIMIT = 50
 
 
-@pytest.fixture(scope="session")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    """The real app, lifespan run once for the session (on a throwaway SQLite database)."""
-    base = tmp_path_factory.mktemp("api-session")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("AUDIT_DATABASE_URL", f"sqlite:///{base}/session.db")
-    mp.setenv("AUDIT_EXPORT_DIR", str(base / "exports"))
-    mp.setenv("AUDIT_SECRET_KEY", "session-secret-0123456789abcdef0123456789")
-    from app import app
-
-    try:
-        with TestClient(app, raise_server_exceptions=False) as c:
-            yield c
-    finally:
-        mp.undo()
-
-
 @dataclass
 class Api:
     client: TestClient
@@ -265,8 +248,12 @@ def test_a_signed_portal_link_downloads_without_a_token(api: Api) -> None:
     other = links.sign_download("export-20260101-001", "ana@empresa.com", api.ctx.settings)
     forged = url.split("?")[0] + "?" + other.split("?")[1]
     resp = api.client.get(forged)
-    status(resp, 401, "Unauthorized")
+    assert "made for another export job" in status(resp, 401, "Unauthorized")["message"]
     assert 'error="invalid_token"' in resp.headers["www-authenticate"]
+    old = links.sign_download(
+        job_id, "ana@empresa.com", api.ctx.settings, now=datetime.now(UTC) - timedelta(hours=1)
+    )
+    assert "has expired" in status(api.client.get(old), 401, "Unauthorized")["message"]
 
 
 def test_expired_job_download_is_gone(api: Api) -> None:
@@ -368,6 +355,12 @@ def test_role_and_namespace_grants_are_forbidden(api: Api) -> None:
         ({"action": "run*book"}, "action"),
         ({"user": "x" * 1001}, "longer"),
         ({"namespace": "a\x01b"}, "control"),
+        # Control characters around a value are refused too, never stripped away.
+        ({"format": "\r\ncsv"}, "control"),
+        ({"format": "csv\n"}, "control"),
+        ({"from": "\t2026-03-01"}, "control"),
+        ({"to": "\r\n"}, "control"),
+        ({"namespace": "production\r\n"}, "control"),
         ({"namespaces": "production"}, "unknown query parameter"),
         ({"format": ""}, "empty"),
         ({"action": ",".join(["a"] * 900), "user": ",".join(["u"] * 900)}, "query string"),
@@ -386,7 +379,7 @@ def test_unknown_paths_and_methods_answer_json(api: Api) -> None:
     assert resp.headers["cache-control"] == "no-store"
     resp = api.client.post("/api/v1/audit/export", headers={"Authorization": f"Bearer {api.admin}"})
     status(resp, 405, "MethodNotAllowed")
-    assert resp.headers["allow"] == "GET"
+    assert resp.headers["allow"] == "GET, HEAD"
 
 
 @pytest.mark.parametrize("path", ["/audit/export/jobs/C:x", "/audit/export/jobs/a%00b", "/a\\b"])
@@ -421,7 +414,291 @@ def test_openapi_document_lists_the_routes_and_seed_parameters(api: Api) -> None
         "/audit/export/jobs/{jobId}",
         "/audit/export/download/{jobId}",
         "/openapi.json",
+        "/audit/keys",
+        "/audit/checkpoint",
+        "/audit/proof/inclusion",
+        "/audit/proof/consistency",
+        "/audit/export/download/{jobId}/manifest",
+        "/audit/export/download/{jobId}/manifest.sig",
+        "/audit/export/manifests/{exportId}",
+        "/audit/export/manifests/{exportId}.sig",
     }
     names = [p["name"] for p in doc["paths"]["/audit/export"]["get"]["parameters"]]
     assert names == ["format", "from", "to", "action", "user", "namespace"]
     assert doc["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+
+
+# --------------------------------------------------------------------------- access at download
+
+
+def an_auditors_finished_job(api: Api) -> str:
+    """A job ana (auditor, production) queued, run to completion."""
+    add(api.engine, LIMIT * 6)  # enough that ana's production share is over the limit
+    queued = api.get("/audit/export", api.auditor, to=TO)
+    assert queued.status_code == 202, queued.text
+    job_id = str(queued.json()["metadata"]["jobId"])
+    assert run_worker_until(api, job_id, ("completed", "failed"))["status"]["state"] == "completed"
+    return job_id
+
+
+@pytest.mark.parametrize(
+    ("role", "grants", "says"),
+    [
+        ("viewer", "production", "ana@empresa.com is now a viewer, who cannot export"),
+        ("auditor", "staging", "ana@empresa.com is no longer granted namespace production"),
+    ],
+)
+def test_a_finished_job_is_refused_once_its_requester_may_no_longer_read_it(
+    api: Api, role: str, grants: str, says: str
+) -> None:
+    job_id = an_auditors_finished_job(api)
+    link = links.sign_download(job_id, "ana@empresa.com", api.ctx.settings)  # made before
+    access.upsert_user(
+        api.engine, "ana@empresa.com", role, grants, LOCAL_ADMIN, settings=api.ctx.settings
+    )
+    by_token = api.get(f"/audit/export/download/{job_id}", api.auditor)
+    assert says in status(by_token, 403, "Forbidden")["message"]
+    by_link = api.client.get(link)
+    assert says in status(by_link, 403, "Forbidden")["message"]
+    assert api.client.head(link).status_code == 403
+    assert audit_rows(api.engine, "audit.export.download") == []
+    # Audited; the same refusal of the same person within the window is one record.
+    [denied] = audit_rows(api.engine, "portal.access_denied")
+    assert (denied.user, denied.role) == ("ana@empresa.com", role)
+    assert job_id in denied.resource and says in denied.resource
+    # Admins may read every job.
+    assert api.get(f"/audit/export/download/{job_id}", api.admin).status_code == 200
+
+
+def test_a_requester_who_still_reads_the_jobs_namespaces_keeps_the_download(api: Api) -> None:
+    job_id = an_auditors_finished_job(api)
+    access.upsert_user(
+        api.engine, "ana@empresa.com", "auditor", "production,staging", LOCAL_ADMIN,
+        settings=api.ctx.settings,
+    )  # fmt: skip
+    assert api.get(f"/audit/export/download/{job_id}", api.auditor).status_code == 200
+    link = links.sign_download(job_id, "ana@empresa.com", api.ctx.settings)
+    assert api.client.get(link).status_code == 200
+
+
+# --------------------------------------------------------------------------- refusal floods
+
+
+def with_settings(api: Api, **changes: Any) -> None:
+    api.ctx = replace(api.ctx, settings=replace(api.ctx.settings, **changes))
+    context.install(api.ctx)
+
+
+def denied_resources(api: Api) -> list[str]:
+    return [r.resource for r in audit_rows(api.engine, "portal.access_denied")]
+
+
+def test_a_token_refused_too_often_is_turned_away_and_its_refusals_coalesced(api: Api) -> None:
+    window = 3.0
+    with_settings(api, refusal_window_seconds=window)
+    add(api.engine, 5)
+    opened = time.monotonic()
+    status(api.get("/audit/export", api.viewer, to=TO), 403, "Forbidden")
+    first_answered = time.monotonic()
+    for _ in range(9):
+        status(api.get("/audit/export", api.viewer, to=TO), 403, "Forbidden")
+    for _ in range(2):
+        resp = api.get("/audit/export", api.viewer, to=TO)
+        body = status(resp, 429, "TooManyRequests")
+        assert 1 <= int(resp.headers["retry-after"]) <= window
+        assert "refused 10 times" in body["message"] and "token aep_" in body["message"]
+    assert time.monotonic() - opened < window, "too slow to test inside the window"
+    # Ten refusals, one record so far: the repeats are only counted.
+    first = "api /api/v1/audit/export: your role may view records but not export them"
+    assert denied_resources(api) == [first]
+    # Only the token is turned away: others at the same address are not (their limit is 3x).
+    assert api.get("/audit/export", api.admin, to=TO).status_code == 200
+
+    time.sleep(max(0.0, first_answered + window + 0.1 - time.monotonic()))
+    # The window has closed: the next request writes its summaries, and the token may ask again.
+    status(api.get("/audit/export", api.viewer, to=TO), 403, "Forbidden")
+    prefix = "_".join(api.viewer.split("_")[:2])
+    assert denied_resources(api) == [
+        first,
+        f"{first} (repeated 9 times in 3 s)",
+        f"api: token {prefix} turned away 2 more requests (429) after 10 refusals in 3 s",
+        first,
+    ]
+    for row in audit_rows(api.engine, "portal.access_denied"):
+        assert (row.user, row.role, row.sourceIP) == ("vera@empresa.com", "viewer", "testclient")
+
+
+def test_an_address_refused_too_often_is_turned_away_whatever_the_token(api: Api) -> None:
+    with_settings(api, max_refusals=2, refusal_window_seconds=60.0)
+    make = access.create_token
+    tokens = [make(api.engine, "vera@empresa.com", LOCAL_ADMIN)[0] for _ in range(3)]
+    for token in tokens:  # two refusals each: no token reaches its own limit of two... yet
+        for _ in range(2):
+            status(api.get("/audit/export", token, to=TO), 403, "Forbidden")
+    # Six from this address (3 x 2): everyone there waits for the window to end.
+    resp = api.get("/audit/export", api.admin, to=TO)
+    assert (
+        "address testclient was refused 6 times" in status(resp, 429, "TooManyRequests")["message"]
+    )
+    assert int(resp.headers["retry-after"]) > 50
+    status(api.client.get("/api/v1/audit/export/jobs/export-20260101-001"), 429, "TooManyRequests")
+    assert len(denied_resources(api)) == 1  # six refusals, one (who, what): one record
+
+
+def test_unauthenticated_requests_are_not_counted_as_refusals(api: Api) -> None:
+    with_settings(api, max_refusals=1)
+    for _ in range(5):
+        status(api.get("/audit/export", "aep_00000000_" + "x" * 43), 401, "Unauthorized")
+    assert api.get("/audit/export", api.admin, to=TO).status_code == 200
+    assert denied_resources(api) == []
+
+
+# --------------------------------------------------------------------------- headers and methods
+
+
+API_POLICY = "default-src 'none'; frame-ancestors 'none'"
+
+
+def test_every_api_answer_carries_the_security_headers(api: Api) -> None:
+    add(api.engine, 5)
+    for resp in (
+        api.get("/audit/export", api.admin, to=TO),
+        api.get("/audit/export"),
+        api.get("/audit/export", api.viewer),
+        api.get("/no/such/path", api.admin),
+        api.get("/a\\b", api.admin),
+        api.client.get("/api/v1/openapi.json"),
+        api.client.delete("/api/v1/audit/export"),
+    ):
+        assert resp.headers["content-security-policy"] == API_POLICY, resp.url
+        assert resp.headers["x-content-type-options"] == "nosniff"
+        assert resp.headers["x-frame-options"] == "DENY"
+        assert resp.headers["cache-control"] == "no-store"
+
+
+def test_the_portal_page_carries_a_policy_that_forbids_framing(api: Api) -> None:
+    resp = api.client.get("/")
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/html")
+    policy = resp.headers["content-security-policy"]
+    for directive in (
+        "frame-ancestors 'none'",
+        "default-src 'self'",
+        "script-src 'self' 'sha256-",
+        "style-src 'self' 'unsafe-inline'",
+        "img-src 'self' data: blob:",
+        "font-src 'self' data:",
+        "connect-src 'self'",
+        "object-src 'none'",
+    ):
+        assert directive in policy, directive
+    assert "'unsafe-eval'" not in policy  # only 'wasm-unsafe-eval': no JavaScript eval
+    assert resp.headers["x-content-type-options"] == "nosniff"
+    assert resp.headers["x-frame-options"] == "DENY"
+
+
+METHODS = ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "PROPFIND", "QUERY",
+           "MKCOL", "BREW"]  # fmt: skip
+PATHS = [
+    "/audit/export",
+    "/audit/export/jobs/export-20260101-001",
+    "/audit/export/download/export-20260101-001",
+    "/openapi.json",
+    "/no/such/path",
+    "/a\\b",
+]
+
+
+def test_every_method_but_get_and_head_is_a_json_405_on_every_api_path(api: Api) -> None:
+    auth = {"Authorization": f"Bearer {api.admin}"}
+    for method in METHODS:
+        for path in PATHS:
+            resp = api.client.request(method, "/api/v1" + path, headers=auth)
+            body = status(resp, 405, "MethodNotAllowed")
+            assert method in body["message"], (method, path)
+            assert resp.headers["allow"] == "GET, HEAD"
+            assert resp.headers["cache-control"] == "no-store"
+            assert resp.headers["content-security-policy"] == API_POLICY
+
+
+def same_but_body(get: Any, head: Any, *, streamed: bool = False) -> None:
+    """HEAD answered as GET was: status and headers equal, no body."""
+    assert head.status_code == get.status_code
+    assert head.content == b""
+    # A stream's Link names a manifest reserved as it starts. Streamlit's gzip layer adds
+    # Vary to a body large enough to compress, which an empty one is not.
+    skip = {"date", "vary", "link"} if streamed else {"date", "vary"}
+    assert {k: v for k, v in head.headers.items() if k not in skip} == {
+        k: v for k, v in get.headers.items() if k not in skip
+    }
+
+
+def test_head_answers_as_get_would_without_a_body(api: Api) -> None:
+    add(api.engine, 10)
+    auth = {"Authorization": f"Bearer {api.admin}"}
+    for path, headers in [
+        ("/audit/export?format=json&to=" + TO, auth),
+        ("/audit/export?format=xml", auth),
+        ("/audit/export", {}),
+        ("/audit/export/jobs/export-20200101-999", auth),
+        ("/no/such/path", auth),
+        ("/openapi.json", {}),
+    ]:
+        get = api.client.get("/api/v1" + path, headers=headers)
+        head = api.client.head("/api/v1" + path, headers=headers)
+        same_but_body(get, head, streamed=path.startswith("/audit/export?format=json"))
+    # A HEAD export exports nothing: no audit record.
+    assert len(audit_rows(api.engine, "audit.export")) == 1  # the GET's
+
+
+def test_head_queues_no_job_and_downloads_nothing(api: Api) -> None:
+    add(api.engine, LIMIT + 5)
+    head = api.client.head("/api/v1/audit/export", params={"to": TO},
+                           headers={"Authorization": f"Bearer {api.admin}"})  # fmt: skip
+    assert head.status_code == 202 and "location" not in head.headers
+    t = ExportJob.__table__
+    with api.engine.connect() as conn:
+        assert list(conn.execute(select(t.c.job_id))) == []
+    job_id = api.get("/audit/export", api.admin, to=TO).json()["metadata"]["jobId"]
+    run_worker_until(api, job_id, ("completed", "failed"))
+    path = f"/api/v1/audit/export/download/{job_id}"
+    auth = {"Authorization": f"Bearer {api.admin}"}
+    head = api.client.head(path, headers=auth)
+    get = api.client.get(path, headers=auth)
+    same_but_body(get, head)
+    assert int(head.headers["content-length"]) == len(get.content) > 0
+    assert len(audit_rows(api.engine, "audit.export.download")) == 1  # the GET's
+
+
+def test_header_fields_too_large_are_a_json_431(api: Api) -> None:
+    headers = {"Authorization": f"Bearer {api.admin}", "X-Padding": "x" * 20_000}
+    resp = api.client.get("/api/v1/audit/export", headers=headers)
+    assert "header fields" in status(resp, 431, "RequestHeaderFieldsTooLarge")["message"]
+    assert resp.headers["cache-control"] == "no-store"
+
+
+# --------------------------------------------------------------------------- failing jobs
+
+
+def test_a_job_whose_file_cannot_be_written_says_why_from_the_first_attempt(
+    api: Api, tmp_path: Any
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the export folder should be")
+    with_settings(api, export_dir=blocker / "exports")
+    add(api.engine, LIMIT + 1)
+    job_id = api.get("/audit/export", api.admin, to=TO).json()["metadata"]["jobId"]
+    before = datetime.now(UTC)
+    runner = worker.Worker(api.engine, api.ctx.settings, timing=Timing(retry_seconds=60))
+    assert runner.run_once() == job_id  # one failed attempt; the next waits a minute
+    said = "the export file could not be written (Not a directory); the portal will retry"
+    for doc in (
+        api.get(f"/audit/export/jobs/{job_id}", api.admin).json(),
+        api.get(f"/audit/export/download/{job_id}", api.admin).json(),  # the 202
+    ):
+        st = doc["status"]
+        assert (st["state"], st["error"], st["attempts"], st["maxAttempts"]) == (
+            "queued", said, 1, 3,
+        )  # fmt: skip
+        retry = datetime.fromisoformat(st["retryAt"].replace("Z", "+00:00"))
+        assert before + timedelta(seconds=59) <= retry <= datetime.now(UTC) + timedelta(seconds=61)
+        assert str(tmp_path) not in json.dumps(doc)  # no server path reaches the requester

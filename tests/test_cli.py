@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -103,7 +104,10 @@ def test_a_refused_file_names_the_record_and_adds_nothing(
     result = cli(env, "ingest", str(bad))
     assert result.returncode == 2 and b"record 1: timestamp" in result.stderr
     assert b"nothing was added" in result.stderr
-    assert cli(env, "export", "--format", "jsonl").stdout == b""
+    # Nothing from the file: the log holds only the record of its refusal.
+    exported = cli(env, "export", "--format", "jsonl").stdout.splitlines()
+    assert [json.loads(line)["action"] for line in exported] == ["portal.ingest.refused"]
+    assert b"audit-20260301-001" not in b"".join(exported)
 
 
 def test_verify_exits_1_naming_the_tampered_row(env: dict[str, str], engine: Engine) -> None:

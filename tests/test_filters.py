@@ -59,6 +59,12 @@ def test_parse_accepts(kwargs: dict[str, str], expected: AuditFilter) -> None:
         ({"action": "runbook*"}, "action", "family"),
         ({"user": "a\x00b"}, "user", "control character"),
         ({"namespace": "prod\nuction"}, "namespace", "control character"),
+        # Around a value, too: refused, never stripped away.
+        ({"namespace": "\r\nproduction"}, "namespace", "control character"),
+        ({"user": "a@b.c\t"}, "user", "control character"),
+        ({"action": "runbook.*,\x00"}, "action", "control character"),
+        ({"start": "2026-03-01\r\n"}, "from", "control character"),
+        ({"end": "\n"}, "to", "control character"),
         ({"namespace": "x" * 201}, "namespace", "longer than 200"),
         ({"user": "a," * 600}, "user", "longer than 1000"),
         ({"namespace": ",".join(f"n{i}" for i in range(51))}, "namespace", "more than 50"),
@@ -141,3 +147,16 @@ def test_parse_format(raw: str | None, fmt: str) -> None:
 def test_parse_format_refuses_unknown() -> None:
     with pytest.raises(FilterError, match="csv, json, jsonl"):
         parse_format("xml")
+
+
+@pytest.mark.parametrize("raw", ["\r\ncsv", "csv\r\n", "\tjson", "jsonl\x00", "\x7fcsv"])
+def test_parse_format_refuses_control_characters_around_the_name(raw: str) -> None:
+    with pytest.raises(FilterError, match="control character") as err:
+        parse_format(raw)
+    assert err.value.field == "format"
+
+
+def test_spaces_around_values_are_still_trimmed() -> None:
+    assert parse_format(" json ") == "json"
+    flt = AuditFilter.parse(namespace=" production ", start=" 2026-03-01 ")
+    assert flt == AuditFilter(start=utc(2026, 3, 1), namespaces=("production",))

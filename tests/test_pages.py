@@ -10,20 +10,21 @@ from typing import Any
 
 import pytest
 import streamlit as st
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from streamlit.testing.v1 import AppTest
 
-from audit_core import access, jobs, query, service
+from audit_core import access, context, jobs, offline_verify, query, service, signing, store, views
 from audit_core.access import LOCAL_ADMIN, Principal
 from audit_core.config import Settings
 from audit_core.demo import generate
 from audit_core.filters import AuditFilter
 from audit_core.formats import jsonl_chunks
 from audit_core.models import AuditRecord
-from audit_core.record import FIELDS
+from audit_core.record import FIELDS, normalize
 from audit_core.worker import Worker
 
-from .conftest import add_demo, installed
+from .conftest import add_demo, installed, seed_record
+from .markup import rendered
 
 ROOT = Path(__file__).resolve().parents[1]
 NAV = str(ROOT / "navigation.py")
@@ -204,12 +205,11 @@ def test_preview_pages_older_by_keyset_and_shows_a_selected_record(
     button(at, "Older").click().run()
     second = at.dataframe[0].value
     assert list(second["id"]) == [r["id"] for r in newest[500:1000]]
-    at.session_state["explore_table"] = {"selection": {"rows": [2], "columns": [], "cells": []}}
-    at.run()
+    select_row(at, 2)
     no_exception(at)
     shown = at.table[0].value
     assert list(shown["field"]) == list(FIELDS)
-    assert list(shown["value"]) == [newest[502][f] for f in FIELDS]
+    assert [rendered(v).text for v in shown["value"]] == [newest[502][f] for f in FIELDS]
     assert any("Checksum matches" in s.value for s in at.success)
 
 
@@ -392,10 +392,54 @@ def test_auditors_see_only_their_own_jobs_and_a_signed_link_when_done(
     assert mine.job_id in text and theirs.job_id not in text
     assert "completed" in text
     assert not at.text_input  # only admins filter by person
-    links = [b for b in at.get("link_button")]
-    assert len(links) == 1
-    assert links[0].proto.url.startswith(f"/api/v1/audit/export/download/{mine.job_id}?sig=")
+    urls = [b.proto.url for b in at.get("link_button")]
+    assert len(urls) == 3  # the file, its manifest and its signature
+    base = f"/api/v1/audit/export/download/{mine.job_id}"
+    assert [u.split("?")[0] for u in urls] == [base, base + "/manifest", base + "/manifest.sig"]
+    assert all("?sig=" in u for u in urls)
     assert not has_button(at, "Cancel")
+
+
+def test_a_download_from_explore_is_signed_and_offered_on_the_exports_page(
+    portal_env: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    add_demo(engine, 40)
+    ann = Principal("ann@example.com", "auditor", None)
+    bob = Principal("bob@example.com", "auditor", None)
+    for who in (ann, bob):
+        access.upsert_user(engine, who.email, "auditor", "*", ADMIN)
+    ctx = context.current()
+    name = "audit-log-ann.csv"
+    data = views.export_bytes(ctx.engine, ann, AuditFilter(), "csv", ctx.settings, name)
+    with engine.connect() as conn:
+        (item,) = service.signed_exports(conn, ann)
+        assert service.signed_exports(conn, bob) == []
+        signed = service.manifest_for(conn, item.export_id, ann)
+    assert (item.file_name, item.channel, item.requested_by) == (name, "ui", ann.email)
+    assert signed is not None
+    (tmp_path / name).write_bytes(data)
+    (tmp_path / (name + ".manifest.json")).write_bytes(signed.manifest)
+    (tmp_path / (name + ".manifest.sig")).write_bytes(signed.signature)
+    assert ctx.signer is not None
+    (tmp_path / "key.pem").write_bytes(signing.public_pem(ctx.signer.key))
+    checks = offline_verify.verify_bundle(
+        tmp_path / name,
+        tmp_path / (name + ".manifest.json"),
+        tmp_path / (name + ".manifest.sig"),
+        tmp_path / "key.pem",
+    )
+    assert checks and all(c.ok for c in checks), [c for c in checks if not c.ok]
+
+    at = app(user=signed_in(ann.email)).run()
+    at.switch_page("pages/exports.py").run()
+    no_exception(at)
+    assert any(item.export_id in m.value and name in m.value for m in at.markdown)
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels == ["Manifest", "Signature"]
+    other = app(user=signed_in(bob.email)).run()
+    other.switch_page("pages/exports.py").run()
+    assert not other.get("download_button")
+    assert any("No signed exports yet" in c.value for c in other.caption)
 
 
 def test_admin_page_adds_a_user_and_shows_a_token_once(
@@ -477,8 +521,11 @@ def actions(engine: Engine, action: str) -> list[str]:
 
 
 def stored(engine: Engine) -> int:
+    """Records in the log from files, not the portal's own (an ingest audits itself)."""
+    t = AuditRecord.__table__
+    own = Settings().self_namespace
     with engine.connect() as conn:
-        return query.count(conn, AuditFilter())
+        return int(conn.execute(select(func.count()).where(t.c.namespace != own)).scalar_one())
 
 
 def test_filters_survive_a_visit_to_another_page(portal_env: Settings, engine: Engine) -> None:
@@ -490,3 +537,150 @@ def test_filters_survive_a_visit_to_another_page(portal_env: Settings, engine: E
     no_exception(at)
     assert at.multiselect(key="explore_action").value == ["user.*"]
     assert matching(at) == before == count(engine, LOCAL_ADMIN, action="user.*")
+
+
+# ---------------------------------------------------------------------------- values are data
+
+# Records and people whose values are Markdown, HTML, e-mail addresses and URLs: every page
+# must show them as the literal text they are (DESIGN.md "Values from the log are data").
+EVIL_EMAIL = "mallory@evil.example"  # a bare address: Markdown makes it a mailto: link
+HOSTILE = {
+    "resource": "**Checksum verified by Security** [open the evidence](https://evil.example/phish)",
+    "resourceType": "<img src=x onerror=alert(1)>",
+    "user": EVIL_EMAIL,
+    "role": "_admin_ <b>root</b>",
+    "namespace": "ns_[x](javascript:alert(1))_",
+    "sourceIP": "`10.0.0.1` www.evil.example",
+}
+SECOND = {**HOSTILE, "resource": "[click](javascript:alert(document.cookie)) :smile: $x^2$"}
+# An address the portal accepts for a person, with Markdown in it.
+LINKED_EMAIL = "**eve**_[x](https://evil.example)@evil.example"
+# Made of record or user text only: none may end up inside a link, bold or italics.
+FRAGMENTS = ("Checksum verified", "open the evidence", "evil", "onerror", "javascript", "mallory")
+LITERAL_TYPES = {"text", "code", "dataframe", "json", "arrow_data_frame"}
+
+
+def markdown_bodies(at: AppTest) -> list[str]:
+    """Every string the page gave Streamlit's Markdown: bodies, labels, help, table cells."""
+    bodies: list[str] = []
+    for root in (at.main, at.sidebar):
+        for node in root:
+            if node.type in LITERAL_TYPES:
+                continue
+            if node.type == "table":
+                frame = node.value
+                bodies += [str(c) for c in frame.columns]
+                bodies += [str(v) for row in frame.itertuples(index=False) for v in row]
+                continue
+            for name in ("body", "label", "help"):
+                value = getattr(getattr(node, "proto", None), name, None)
+                if isinstance(value, str) and value:
+                    bodies.append(value)
+            label = getattr(node, "label", None)  # expanders, tabs
+            if isinstance(label, str) and label:
+                bodies.append(label)
+    return bodies
+
+
+def assert_literal(at: AppTest, *values: str) -> str:
+    """No body makes a link, image, HTML or emphasis of the values; each shows as itself.
+
+    Returns all the text shown, for further checks.
+    """
+    no_exception(at)
+    shown = []
+    for body in markdown_bodies(at):
+        r = rendered(body)
+        assert not r.tags, (body, r.tags)
+        marked = " ".join(r.marked)
+        assert not [f for f in FRAGMENTS if f in marked], (body, r.marked)
+        assert not r.rewritten(), (body, r.rewritten())
+        shown.append(r.text)
+    text = "\n".join(shown)
+    for value in values:
+        assert value in text, (value, text)
+    return text
+
+
+def plant(engine: Engine, *records: dict[str, str]) -> None:
+    with engine.begin() as conn:
+        store.append(conn, [normalize(seed_record(n + 1, **r)) for n, r in enumerate(records)])
+
+
+def select_row(at: AppTest, row: int) -> AppTest:
+    at.session_state["explore_table"] = {"selection": {"rows": [row], "columns": [], "cells": []}}
+    return at.run()
+
+
+def test_explore_shows_hostile_record_values_as_literal_text(
+    portal_env: Settings, engine: Engine
+) -> None:
+    plant(engine, HOSTILE, SECOND)
+    add_demo(engine, 30)
+    at = app(query_params={"user": EVIL_EMAIL, "namespace": HOSTILE["namespace"]}).run()
+    assert matching(at) == 2
+    text = assert_literal(at, EVIL_EMAIL, HOSTILE["namespace"])  # the filter's caption
+    assert f"User {EVIL_EMAIL}; namespace {HOSTILE['namespace']}" in text
+    for row, record in ((0, SECOND), (1, HOSTILE)):
+        select_row(at, row)
+        assert_literal(at, *record.values())
+        cells = [rendered(v).text for v in at.table[0].value["value"]]
+        assert cells[3:9] == [record[f] for f in FIELDS[3:9]]
+
+
+def test_errors_quoting_hostile_input_show_it_literally(
+    portal_env: Settings, engine: Engine
+) -> None:
+    add_demo(engine, 30)
+    bad = "[go](https://evil.example/x)*y"
+    at = app(query_params={"action": bad}).run()
+    assert any("may only come last" in rendered(e.value).text for e in at.error)
+    assert_literal(at, bad)
+    access.upsert_user(engine, "vera@example.com", "viewer", "production", ADMIN)
+    at = app(
+        user=signed_in("vera@example.com"),
+        query_params={"namespace": "**[x](https://evil.example)**"},
+    ).run()
+    assert any("no access to namespace" in rendered(e.value).text for e in at.error)
+    assert_literal(at, "**[x](https://evil.example)**")
+
+
+def test_the_signed_in_email_and_the_no_access_page_are_literal(
+    portal_env: Settings, engine: Engine
+) -> None:
+    plant(engine, HOSTILE)
+    access.upsert_user(engine, EVIL_EMAIL, "auditor", HOSTILE["namespace"], ADMIN)
+    at = app(user=signed_in(EVIL_EMAIL)).run()
+    assert matching(at) == 1
+    sidebar = " ".join(rendered(m.value).text for m in at.sidebar.markdown)
+    assert EVIL_EMAIL in sidebar
+    assert_literal(at, EVIL_EMAIL, HOSTILE["namespace"])
+    stranger = app(user=signed_in(LINKED_EMAIL)).run()
+    assert stranger.title[0].value == "No access yet"
+    assert_literal(stranger, LINKED_EMAIL.lower())
+
+
+def test_exports_and_admin_show_people_and_filters_literally(
+    portal_env: Settings, engine: Engine
+) -> None:
+    plant(engine, HOSTILE, SECOND)
+    mallory = Principal(EVIL_EMAIL, "admin", None)
+    flt = AuditFilter.from_params({"user": EVIL_EMAIL, "namespace": HOSTILE["namespace"]})
+    with engine.connect() as conn:
+        plan = service.plan_export(conn, mallory, flt, "csv")
+    job = jobs.enqueue(engine, plan, mallory, portal_env)
+    at = app().run()
+    at.switch_page("pages/exports.py").run()
+    assert_literal(at, job.job_id, EVIL_EMAIL, HOSTILE["namespace"])
+
+    at.switch_page("pages/admin.py").run()
+    at.text_input(key="admin_user_email").set_value(LINKED_EMAIL)
+    at.selectbox(key="admin_user_role").set_value("viewer")
+    at.text_input(key="admin_user_ns").set_value(HOSTILE["namespace"])
+    button(at, "Save user").click().run()
+    assert_literal(at, LINKED_EMAIL.lower(), HOSTILE["namespace"])
+    assert any(LINKED_EMAIL.lower() in rendered(s.value).text for s in at.success)
+    at.text_input(key="admin_token_email").set_value(LINKED_EMAIL.lower())
+    button(at, "Create token").click().run()
+    assert any(LINKED_EMAIL.lower() in rendered(s.value).text for s in at.success)
+    assert_literal(at, LINKED_EMAIL.lower())

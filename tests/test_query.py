@@ -135,7 +135,15 @@ def test_remembered_counts_notice_a_different_history(demo: Engine) -> None:
         conn.execute(text("DELETE FROM audit_records"))
         conn.execute(text("DELETE FROM audit_day_counts"))
         conn.execute(text("DELETE FROM id_counters"))
-        conn.execute(text("UPDATE chain_head SET last_seq = 0, last_hash = :h"), {"h": "0" * 64})
+        conn.execute(text("DELETE FROM merkle_nodes"))  # a store made anew: its tree too
+        conn.execute(text("DELETE FROM checkpoints"))
+        conn.execute(
+            text(
+                "UPDATE chain_head SET last_seq = 0, last_hash = :h, tree_size = 0,"
+                " tree_root = NULL, signed_head = NULL"
+            ),
+            {"h": "0" * 64},
+        )
         if demo.dialect.name == "postgresql":
             conn.execute(text("ALTER SEQUENCE audit_records_seq_seq RESTART WITH 1"))
     with demo.begin() as conn:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import Engine, select
 
 from audit_core import export, query, views
@@ -16,8 +19,10 @@ from audit_core.config import Settings
 from audit_core.filters import AuditFilter
 from audit_core.formats import CSV_HEADER
 from audit_core.models import AuditRecord
+from audit_core.record import FIELDS
 
 from .conftest import add_demo
+from .markup import rendered
 
 
 @pytest.mark.parametrize(
@@ -170,3 +175,66 @@ def test_namespace_grants_read_back() -> None:
     assert views.describe_namespaces(None) == "every namespace"
     assert views.describe_namespaces(frozenset({"b", "a"})) == "a, b"
     assert views.describe_namespaces(LOCAL_ADMIN.namespaces) == "every namespace"
+
+
+# ---------------------------------------------------------------------------- values are data
+
+# Text a record field or a person could hold on one line: anything printable, no line breaks.
+ONE_LINE = st.text(
+    alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1
+).map(str.strip)
+HOSTILE_VALUES = [
+    "**Checksum verified by Security** [open the evidence](https://evil.example/phish)",
+    "<img src=x onerror=alert(1)>",
+    "mallory@evil.example",
+    "[run](javascript:alert(1))",
+    "www.evil.example &amp; <https://evil.example> :red[alarm] :smile: $x^2$ :material/home:",
+    "`code` ``more`` \\*not bold\\*",
+    "# heading",
+    "1. list | table | row",
+]
+
+
+def _literal(body: str, value: str) -> None:
+    r = rendered(body)
+    assert r.text == value, (body, r)
+    assert not r.tags and not r.marked, (body, r)
+    assert not r.rewritten(), (body, r.rewritten())
+
+
+@pytest.mark.parametrize("value", HOSTILE_VALUES)
+def test_md_shows_markup_as_the_text_it_is(value: str) -> None:
+    body = views.md(value)
+    _literal(body, value)
+    # Streamlit (1.67) rewrites ':material/' anywhere in a body and looks for $math$.
+    assert ":material/" not in body
+    assert re.search(r"(?<!\\)\$", body) is None
+
+
+@pytest.mark.parametrize("value", HOSTILE_VALUES)
+def test_code_is_a_literal_monospace_span(value: str) -> None:
+    body = views.code(value)
+    _literal(body, value)
+    if ":material/" not in value:  # else escaped: Streamlit rewrites it inside code spans too
+        assert _inline_types(body) == ["code_inline"], body
+
+
+def _inline_types(body: str) -> list[str]:
+    markdown_it = pytest.importorskip("markdown_it")
+    blocks = markdown_it.MarkdownIt("commonmark").parse(body)
+    return [c.type for b in blocks for c in (b.children or [])]
+
+
+@given(ONE_LINE.filter(bool))
+def test_any_one_line_value_is_literal_through_md_and_code(value: str) -> None:
+    _literal(views.md(value), value)
+    _literal(views.code(value), value)
+
+
+def test_the_record_panel_is_literal_and_monospace_for_ids() -> None:
+    record = {f: f"**{f}** <i>x</i> a@b.example" for f in FIELDS}
+    table = views.record_table([(f, record[f]) for f in FIELDS])
+    assert table["field"] == list(FIELDS)
+    for name, cell in zip(FIELDS, table["value"], strict=True):
+        _literal(cell, record[name])
+        assert cell.startswith("`") == (name in ("id", "checksum", "sourceIP"))

@@ -27,7 +27,14 @@ from audit_core.filters import AuditFilter
 from audit_core.http import documents
 from audit_core.models import AuditRecord, ExportJob
 from audit_core.record import compute_checksum, format_instant, normalize
-from audit_core.worker import THREAD_NAME, Worker, start_in_process, sweep_expired
+from audit_core.worker import (
+    THREAD_NAME,
+    Worker,
+    WorkerThreads,
+    attempt_error,
+    start_in_process,
+    sweep_expired,
+)
 
 from .conftest import add_demo
 
@@ -275,7 +282,10 @@ def test_failing_job_is_retried_then_failed_with_a_readable_error(
     assert Worker(engine, settings, timing=FAST).run_until_idle() == [job.job_id] * 3
     row = job_row(engine, job.job_id)
     assert (row.state, row.attempts) == ("failed", 3)
-    assert row.last_error.startswith("failed after 3 attempts: NotADirectoryError")
+    # Plain words, and no server path: that stays in the server log.
+    assert row.last_error == (
+        "failed after 3 attempts: the export file could not be written (Not a directory)"
+    )
     assert event_count(engine, "audit.job.fail", job.job_id) == 1
     with engine.connect() as conn:
         info = jobs.get_for(conn, job.job_id, ANA)
@@ -295,7 +305,16 @@ def test_a_failed_attempt_waits_before_the_next(
     assert worker.run_until_idle() == [job.job_id]  # one attempt, then it waits
     row = job_row(engine, job.job_id)
     assert (row.state, row.attempts) == ("queued", 1)
-    assert row.last_error.startswith("NotADirectoryError")
+    assert row.last_error == (
+        "the export file could not be written (Not a directory); the portal will retry"
+    )
+    with engine.connect() as conn:
+        info = jobs.get_for(conn, job.job_id, ANA)
+        retry = jobs.retry_at(conn, job.job_id)
+    assert info is not None and retry is not None
+    shown = documents.job_document(info, retry_at=retry)["status"]
+    assert (shown["state"], shown["error"], shown["attempts"]) == ("queued", row.last_error, 1)
+    assert shown["retryAt"] == format_instant(retry)
     retry_at = row.lease_expires_at.replace(tzinfo=UTC)
     assert before + timedelta(seconds=59) <= retry_at <= datetime.now(UTC) + timedelta(seconds=61)
     # Once the retry time has come (here: moved back) it runs again, and waits twice as long.
@@ -305,6 +324,24 @@ def test_a_failed_attempt_waits_before_the_next(
     row = job_row(engine, job.job_id)
     assert row.attempts == 2
     assert row.lease_expires_at.replace(tzinfo=UTC) >= before + timedelta(seconds=119)
+
+
+@pytest.mark.parametrize(
+    ("exc", "said"),
+    [
+        (PermissionError(13, "Permission denied", "/srv/exports/.x.part"),
+         "the export file could not be written (Permission denied)"),
+        (OSError(28, "No space left on device", "/srv/exports/.x.part"),
+         "the export file could not be written (No space left on device)"),
+        (OSError("no errno"), "the export file could not be written (OSError)"),
+        (RuntimeError("connection to /var/run/postgresql failed"),
+         "the export file could not be made (RuntimeError; see the server log)"),
+        (jobs.JobNotFoundError("export-20260101-001"), "no export job export-20260101-001"),
+    ],
+)  # fmt: skip
+def test_an_attempts_error_names_the_cause_but_no_server_path(exc: Exception, said: str) -> None:
+    assert attempt_error(exc) == said
+    assert "/srv" not in attempt_error(exc) and "/var" not in attempt_error(exc)
 
 
 def test_job_whose_workers_keep_dying_fails_after_three_attempts(
@@ -366,7 +403,8 @@ def worker_process(
     env: dict[str, str], log: Path, *extra: str, **timing: str
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run `python -m audit_core worker` and make sure it is gone afterwards."""
-    env = dict(env, AUDIT_WORKER_POLL_SECONDS="0.1", AUDIT_WORKER_HEARTBEAT_SECONDS="0.3", **timing)
+    quick = {"AUDIT_WORKER_POLL_SECONDS": "0.1", "AUDIT_WORKER_HEARTBEAT_SECONDS": "0.3"}
+    env = {**env, **quick, **timing}
     with open(log, "wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "audit_core", "worker", *extra],
@@ -489,3 +527,84 @@ def test_timing_reads_the_test_knobs_from_the_environment() -> None:
     )
     assert (timing.lease_seconds, timing.batch_delay, timing.retry_seconds) == (2.0, 0.25, 5.0)
     assert timing.poll_seconds == Timing().poll_seconds
+
+
+# -- waking on enqueue --------------------------------------------------------------------
+
+SLOW_POLL = Timing(lease_seconds=30, heartbeat_seconds=0.2, poll_seconds=600, retry_seconds=0)
+
+
+def test_an_idle_worker_starts_a_queued_job_without_waiting_for_its_poll(
+    engine: Engine, settings: Settings
+) -> None:
+    add_demo(engine, 200)
+    handle = WorkerThreads(engine, settings, timing=SLOW_POLL).start()
+    try:
+        time.sleep(0.3)  # the worker has looked, found nothing, and waits (for 600 s)
+        job, direct = enqueue(engine, settings, "csv")
+        # Far inside the poll: only the ring on enqueue can have started it.
+        wait_for(
+            "the job to complete", lambda: job_row(engine, job.job_id).state == "completed", 60
+        )
+    finally:
+        handle.stop()
+    assert not any(t.is_alive() for t in handle.threads)
+    assert finished_file(settings, job) == direct
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_worker_process_hears_of_a_job_queued_elsewhere(
+    engine: Engine, settings: Settings, env: dict[str, str], tmp_path: Path
+) -> None:
+    add_demo(engine, 200)
+    with worker_process(env, tmp_path / "w.log", AUDIT_WORKER_POLL_SECONDS="600"):
+        time.sleep(1.0)  # it has looked once and listens
+        job, direct = enqueue(engine, settings, "jsonl")
+        wait_for(
+            "the job to complete", lambda: job_row(engine, job.job_id).state == "completed", 60
+        )
+    assert finished_file(settings, job) == direct
+
+
+def info(**changes: Any) -> jobs.JobInfo:
+    now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    base = jobs.JobInfo(
+        job_id="export-20260301-001",
+        state="queued",
+        requested_by=ANA.email,
+        format="csv",
+        compression="none",
+        estimated_records=3_000_000,
+        rows_written=0,
+        file_size=None,
+        file_sha256=None,
+        created_at=now,
+        started_at=None,
+        finished_at=None,
+        expires_at=None,
+        last_error=None,
+        filter_text="",
+        attempts=0,
+    )
+    return replace(base, **changes)
+
+
+def test_retry_after_follows_the_jobs_own_pace_once_it_has_one() -> None:
+    now = datetime(2026, 3, 1, 12, 0, 10, tzinfo=UTC)
+    queued = info()
+    assert jobs.seconds_left(queued, now) == 3_000_000 / jobs.ASSUMED_ROWS_PER_SECOND
+    assert jobs.retry_after(queued, now) == 10
+    # Started 4 s ago and 1M rows written: 2M left at 250k rows/s is 8 s.
+    running = info(
+        state="processing",
+        started_at=datetime(2026, 3, 1, 12, 0, 6, tzinfo=UTC),
+        rows_written=1_000_000,
+    )
+    assert jobs.seconds_left(running, now) == pytest.approx(8.0)
+    assert jobs.retry_after(running, now) == 8
+    # Waiting 30 s to retry a failed attempt: that wait comes first.
+    retry = datetime(2026, 3, 1, 12, 0, 40, tzinfo=UTC)
+    assert jobs.retry_after(queued, now, retry_at=retry) == 40
+    # Tiny jobs are asked about again after a second; a stalled estimate never over a minute.
+    assert jobs.retry_after(info(estimated_records=10), now) == 1
+    assert jobs.retry_after(info(estimated_records=10**9), now) == jobs.MAX_RETRY_AFTER

@@ -44,20 +44,28 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     """Load records from files; a file with any bad record is refused whole."""
+    from .common import cli_principal
+
     engine = open_engine(settings)
+    who = cli_principal()
     for name in args.files:
         with _source(name, args.format) as (opener, fmt, label):
             bar = _progress(None, label)
             try:
-                report = ingest_mod.ingest(engine, opener, fmt, progress=bar_setter(bar))
+                report = ingest_mod.ingest(
+                    engine,
+                    opener,
+                    fmt,
+                    name=label,
+                    principal=who,
+                    settings=settings,
+                    progress=bar_setter(bar),
+                )
             except ingest_mod.IngestError as exc:
                 bar.close()
-                for pos, reason in exc.problems:
-                    print(f"{label}: record {pos}: {reason}", file=sys.stderr)
-                raise UsageError(f"{label}: refused: {exc}") from None
-            except store.RecordConflictError as exc:
-                bar.close()
-                raise UsageError(f"{label}: refused: {exc}; nothing was added") from None
+                for pos, reason in exc.problems[1:]:  # the first is in the error line
+                    print(f"{label}: {f'record {pos}: ' if pos else ''}{reason}", file=sys.stderr)
+                raise UsageError(f"{label}: refused: {exc.message}") from None
             bar.close()
         if report.added:
             refresh_statistics(engine)

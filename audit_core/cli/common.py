@@ -6,7 +6,7 @@ import getpass
 
 from sqlalchemy import Engine
 
-from .. import evidence
+from .. import context, evidence
 from ..access import Principal
 from ..config import Settings
 from ..db import make_engine, migrate
@@ -27,8 +27,10 @@ def cli_principal() -> Principal:
 
 def open_engine(settings: Settings) -> Engine:
     """The migrated engine, with the log's signer attached (appends sign the new head)."""
+    context.check_export_dir(settings)
     signer = evidence.load_signer(settings)
-    engine = make_engine(settings.database_url)
-    evidence.attach(engine, signer)
-    migrate(engine)
+    with context.database_errors(settings):
+        engine = make_engine(settings.database_url)
+        evidence.attach(engine, signer)
+        migrate(engine)
     return engine

@@ -9,6 +9,7 @@ from typing import Any
 
 from .. import evidence
 from ..config import Settings
+from ..errors import UsageError
 from .common import open_engine
 
 
@@ -40,7 +41,7 @@ def cmd_prove(args: argparse.Namespace, settings: Settings) -> int:
             answer = evidence.consistency(conn, first, rest[0] if rest else None)
         else:
             if not args.record:
-                raise evidence.BadRequestError("give a record id, or --consistency M [N]")
+                raise UsageError("give a record id, or --consistency M [N]")
             answer = evidence.inclusion(conn, args.record, args.size)
     print(json.dumps(answer, indent=2, ensure_ascii=False))
     return 0

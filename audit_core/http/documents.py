@@ -8,15 +8,26 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 from ..formats import filename
-from ..jobs import JobInfo, JobState
+from ..jobs import MAX_ATTEMPTS, JobInfo, JobState
 from ..record import format_instant
 
 PREFIX = "/api/v1"
 JOB_PATH = "/audit/export/jobs/{job_id}"
 DOWNLOAD_PATH = "/audit/export/download/{job_id}"
 DOWNLOAD_URL = PREFIX + DOWNLOAD_PATH
+MANIFEST_PATH = "/audit/export/manifests/{export_id}"
 JOB_URL = PREFIX + JOB_PATH
-SECURITY_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+ALLOWED_METHODS = ("GET", "HEAD")
+ALLOW = ", ".join(ALLOWED_METHODS)  # the Allow header of a 405
+# On every API answer. The API sends data, never a page: nothing in it may run, load,
+# be framed or be sniffed into another type.
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+}
 
 
 def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
@@ -31,26 +42,40 @@ def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
     }
 
 
+def method_not_allowed_message(method: str) -> str:
+    return f"{method[:20]} is not allowed here; this API answers GET and HEAD only"
+
+
 def error_response(
     code: int, reason: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     return JSONResponse(status_body(code, reason, message), code, headers=headers)
 
 
-def job_document(job: JobInfo, now: datetime | None = None) -> dict[str, Any]:
-    """The seed's AuditExportJob body, with progress fields after the seed's own."""
+def job_document(
+    job: JobInfo, now: datetime | None = None, *, retry_at: datetime | None = None
+) -> dict[str, Any]:
+    """The seed's AuditExportJob body, with progress fields after the seed's own.
+
+    A job queued again after a failed attempt says so at once: `error` is that attempt's
+    error and `retryAt` (pass jobs.retry_at) when the next attempt may start.
+    """
     status: dict[str, Any] = {
         "state": job.state,
         "estimatedRecords": job.estimated_records,
         "downloadUrl": DOWNLOAD_URL.format(job_id=job.job_id),
         "expiresAt": _expires_text(job, now),
         "rowsWritten": job.rows_written,
+        "attempts": job.attempts,
+        "maxAttempts": MAX_ATTEMPTS,
     }
     if job.state in (JobState.COMPLETED, JobState.EXPIRED):
         status["fileSize"] = job.file_size
         status["sha256"] = job.file_sha256
-    if job.state == JobState.FAILED and job.last_error:
+    elif job.last_error:  # failed for good, or the last attempt failed and it will retry
         status["error"] = job.last_error
+    if retry_at is not None and job.state == JobState.QUEUED:
+        status["retryAt"] = format_instant(retry_at)
     return {
         "apiVersion": "v1",
         "kind": "AuditExportJob",

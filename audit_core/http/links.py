@@ -16,6 +16,7 @@ from urllib.parse import quote
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import OctKey
+from joserfc.jwt import ClaimsOption
 
 from ..config import Settings
 from ..errors import UnauthorizedError
@@ -47,8 +48,15 @@ def sign_download(
     *,
     minutes: int = 10,
     now: datetime | None = None,
+    part: str = "",
 ) -> str:
-    """Return the relative URL of a job's download, signed for email for a few minutes."""
+    """Return the relative URL of a job's download, signed for email for a few minutes.
+
+    `part` "/manifest" or "/manifest.sig" signs the link of the file's manifest instead:
+    the same signature opens the file and both halves of its evidence.
+    """
+    if part not in ("", "/manifest", "/manifest.sig"):
+        raise ValueError(f"no download part {part!r}")
     if not 1 <= minutes <= MAX_MINUTES:
         raise ValueError(f"a download link lasts 1 to {MAX_MINUTES} minutes")
     issued = now or datetime.now(UTC)
@@ -60,7 +68,7 @@ def sign_download(
         "exp": _epoch(issued + timedelta(minutes=minutes)),
     }
     sig = jwt.encode({"alg": ALGORITHM}, claims, _key(settings), algorithms=[ALGORITHM])
-    return DOWNLOAD_URL.format(job_id=quote(job_id, safe="")) + f"?sig={sig}"
+    return DOWNLOAD_URL.format(job_id=quote(job_id, safe="")) + f"{part}?sig={sig}"
 
 
 def verify_download(
@@ -69,32 +77,63 @@ def verify_download(
     """Return the email a link was signed for; raise UnauthorizedError if it is not valid now.
 
     Refuses a missing, tampered, expired or not-yet-valid signature, one made with
-    another key or algorithm, and one made for another job.
+    another key or algorithm, and one made for another job. The message says which claim
+    is wrong, but every failure of the signature itself reads the same: which part of the
+    check failed would help a forger, not the person holding the link.
     """
     if not sig:
         raise UnauthorizedError("this download link has no signature")
     try:
         token = jwt.decode(sig, _key(settings), algorithms=[ALGORITHM])
     except (JoseError, ValueError):
-        raise UnauthorizedError("this download link is not valid") from None
-    registry = jwt.JWTClaimsRegistry(
-        now=_epoch(now),
-        leeway=0,
-        sub={"essential": True},
-        job={"essential": True, "value": job_id},
-        aud={"essential": True, "value": AUDIENCE},
-        exp={"essential": True},
-        iat={"essential": True},
-    )
-    try:
-        registry.validate(token.claims)
-    except JoseError as exc:
-        if getattr(exc, "error", "") == "expired_token":
-            raise UnauthorizedError(
-                "this download link has expired; ask the portal for a new one"
-            ) from None
-        raise UnauthorizedError("this download link is not valid for this job") from None
-    email = token.claims["sub"]
-    if not isinstance(email, str) or not email:
-        raise UnauthorizedError("this download link is not valid")
+        raise UnauthorizedError(
+            "this download link is not valid: it was altered or not signed by this portal"
+        ) from None
+    claims = token.claims
+    expected = _expected(job_id)
+    missing = [n for n, o in expected.items() if o.get("essential") and claims.get(n) is None]
+    if missing:
+        raise UnauthorizedError(f"this download link lacks its {', '.join(missing)} claim")
+    # One claim at a time, in this order, so a link wrong in several ways gets one answer.
+    for name, option in expected.items():
+        if name not in claims:
+            continue
+        registry = jwt.JWTClaimsRegistry(now=_epoch(now), leeway=0, **{name: option})
+        try:
+            registry.validate({name: claims[name]})
+        except JoseError as exc:
+            raise UnauthorizedError(_refusal(name, exc)) from None
+    email = claims["sub"]
+    if not isinstance(email, str) or not email:  # validate_sub has refused these already
+        raise UnauthorizedError(_REFUSALS["sub"])
     return email
+
+
+def _expected(job_id: str) -> dict[str, ClaimsOption]:
+    """The claims a link carries (nbf only if some signer added it), in checking order."""
+    return {
+        "aud": {"essential": True, "value": AUDIENCE},
+        "iat": {"essential": True},
+        "nbf": {"essential": False},
+        "exp": {"essential": True},
+        "job": {"essential": True, "value": job_id},
+        "sub": {"essential": True},
+    }
+
+
+_NOT_YET = "this download link is not valid yet (its time is in the future: check the clocks)"
+_REFUSALS = {
+    "aud": "this is not a download link: it was made for another audience",
+    "iat": _NOT_YET,
+    "nbf": _NOT_YET,
+    "exp": "this download link has expired; ask the portal for a new one",
+    "job": "this download link was made for another export job",
+    "sub": "this download link names no person",
+}
+
+
+def _refusal(name: str, exc: JoseError) -> str:
+    """What is wrong with a claim, in words; a time that is not a number says so."""
+    if name in ("iat", "nbf", "exp") and "NumericDate" in str(exc.description or ""):
+        return f"this download link's {name} claim is not a time"
+    return _REFUSALS[name]

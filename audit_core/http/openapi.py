@@ -12,7 +12,7 @@ from typing import Any
 from ..filters import FORMATS, MAX_PARAM
 from ..jobs import JOB_ID_PATTERN, STATES
 from ..record import FIELDS
-from .documents import DOWNLOAD_PATH, JOB_PATH, PREFIX
+from .documents import DOWNLOAD_PATH, JOB_PATH, MANIFEST_PATH, PREFIX
 
 INSTANT_EXAMPLE = "2026-03-01T00:00:00Z"
 NO_CONTROL = "^[^\\x00-\\x1f\\x7f]*$"  # the filter refuses control characters
@@ -58,7 +58,8 @@ def _job_id_param() -> dict[str, Any]:
 
 _COMMON_ERRORS = {
     "401": _error("Missing, malformed, unknown, expired or revoked token.", "WWW-Authenticate"),
-    "405": _error("Only GET is served.", "Allow"),
+    "405": _error("Only GET and HEAD are served (HEAD: GET's status and headers).", "Allow"),
+    "431": _error("The request's header fields are too large."),
     "500": _error("The server failed; the message gives a reference, never a traceback."),
 }
 
@@ -124,7 +125,10 @@ def document() -> dict[str, Any]:
         },
         "servers": [{"url": PREFIX}],
         "security": [{"bearerAuth": []}],
-        "tags": [{"name": "Audit", "description": "Export Audit"}],
+        "tags": [
+            {"name": "Audit", "description": "Export Audit"},
+            {"name": "Evidence", "description": "Keys, checkpoints, proofs and manifests"},
+        ],
         "paths": {
             "/audit/export": {
                 "get": {
@@ -156,7 +160,9 @@ def document() -> dict[str, Any]:
                         "400": _error("A parameter is not valid; the message says which."),
                         "403": _error("The token's role or namespace grants forbid this."),
                         "429": _error(
-                            "Too many streams or queued jobs for this token.", "Retry-After"
+                            "Too many streams or queued jobs for this token, or too many "
+                            "refusals (403) for this token or address.",
+                            "Retry-After",
                         ),
                         **_COMMON_ERRORS,
                     },
@@ -169,9 +175,19 @@ def document() -> dict[str, Any]:
                     "tags": ["Audit"],
                     "parameters": [_job_id_param()],
                     "responses": {
-                        "200": {"description": "The job and its progress.", "content": job_content},
+                        "200": {
+                            "description": "The job and its progress. While it is queued or "
+                            "processing, Retry-After says when its file is expected.",
+                            "headers": {
+                                "Retry-After": {"$ref": "#/components/headers/Retry-After"}
+                            },
+                            "content": job_content,
+                        },
                         "400": _error("An unexpected query parameter."),
                         "404": _error("No such job, or not one this token may see."),
+                        "429": _error(
+                            "Too many refusals (403) for this token or address.", "Retry-After"
+                        ),
                         **_COMMON_ERRORS,
                     },
                 }
@@ -225,10 +241,18 @@ def document() -> dict[str, Any]:
                             "content": job_content,
                         },
                         "400": _error("An unexpected query parameter."),
+                        "403": _error(
+                            "The caller may no longer read all the job reads (role or "
+                            "namespace grants changed since it was queued)."
+                        ),
                         "404": _error("No such job, or not one this caller may see."),
                         "409": _error("The job failed or was cancelled: there is no file."),
                         "410": _error("The job's file has expired and was removed."),
-                        "429": _error("Too many streams for this token.", "Retry-After"),
+                        "429": _error(
+                            "Too many streams for this token, or too many refusals (403) for "
+                            "this token or address.",
+                            "Retry-After",
+                        ),
                         **_COMMON_ERRORS,
                     },
                 }
@@ -245,9 +269,11 @@ def document() -> dict[str, Any]:
                         },
                         "400": _error("An unexpected query parameter."),
                         "405": _COMMON_ERRORS["405"],
+                        "431": _COMMON_ERRORS["431"],
                     },
                 }
             },
+            **evidence_paths(),
         },
         "components": {
             "securitySchemes": {
@@ -333,11 +359,177 @@ def document() -> dict[str, Any]:
                                 "rowsWritten": {"type": "integer", "minimum": 0},
                                 "fileSize": {"type": ["integer", "null"]},
                                 "sha256": {"type": ["string", "null"]},
-                                "error": {"type": "string"},
+                                "attempts": {"type": "integer", "minimum": 0},
+                                "maxAttempts": {"type": "integer", "minimum": 1},
+                                "error": {
+                                    "type": "string",
+                                    "description": "why the job failed, or why its last "
+                                    "attempt did while it waits to retry",
+                                },
+                                "retryAt": {
+                                    "type": "string",
+                                    "format": "date-time",
+                                    "description": "when a job queued after a failed "
+                                    "attempt may run again",
+                                },
                             },
                         },
                     },
                 },
             },
         },
+    }
+
+
+def _size_param(name: str, description: str, *, required: bool = False) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": required,
+        "description": description,
+        "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+    }
+
+
+def _evidence_get(
+    operation: str,
+    summary: str,
+    description: str,
+    ok: dict[str, Any],
+    *,
+    parameters: list[dict[str, Any]] | None = None,
+    security: list[dict[str, list[str]]] | None = None,
+    errors: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    responses: dict[str, Any] = {"200": ok}
+    for code, why in (errors or {}).items():
+        responses[code] = _error(why)
+    responses.update(_COMMON_ERRORS)
+    if security == []:
+        responses.pop("401")
+    op: dict[str, Any] = {
+        "operationId": operation,
+        "summary": summary,
+        "description": description,
+        "tags": ["Evidence"],
+        "parameters": parameters or [],
+        "responses": responses,
+    }
+    if security is not None:
+        op["security"] = security
+    return {"get": op}
+
+
+def evidence_paths() -> dict[str, Any]:
+    """The evidence routes (DESIGN.md "Evidence"): keys, checkpoints, proofs, manifests."""
+    note = {"text/plain; charset=utf-8": {"schema": {"type": "string"}}}
+    proof = {"application/json": {"schema": {"type": "object"}}}
+    manifest = {"application/json": {"schema": {"type": "object"}}}
+    signature = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+    bad = {"400": "A malformed or unexpected query parameter."}
+    job = DOWNLOAD_PATH.replace("{job_id}", "{jobId}")
+    sig_param = {
+        "name": "sig",
+        "in": "query",
+        "required": False,
+        "description": "A portal-signed download link's signature (the file's own link).",
+        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_PARAM},
+    }
+    export_param = {
+        "name": "exportId",
+        "in": "path",
+        "required": True,
+        "description": 'The export\'s id, as in the `Link: <...>; rel="describedby"` header.',
+        "schema": {"type": "string", "maxLength": 64, "example": "export-20260319-001"},
+    }
+    missing = {**bad, "404": "No such manifest (yet), or not one this caller may read."}
+    job_missing = {
+        **missing,
+        "403": "The caller may no longer read all the job reads.",
+        "429": "Too many refusals for this token or address.",
+    }
+    return {
+        "/audit/keys": _evidence_get(
+            "getSigningKeys",
+            "The log's public keys (JWKS)",
+            "The Ed25519 key that signs checkpoints and manifests, as a JWK Set (OKP, "
+            "Ed25519, kid = the note key id). Public: no token needed.",
+            {"description": "A JWK Set.", "content": {"application/json": {"schema": {}}}},
+            security=[],
+            errors=bad,
+        ),
+        "/audit/checkpoint": _evidence_get(
+            "getCheckpoint",
+            "A signed checkpoint of the log",
+            "The C2SP signed note of the tree now, or at ?size=N (a kept one, or made "
+            "on demand): the exact bytes, ending in the signature lines.",
+            {"description": "The signed note.", "content": note},
+            parameters=[_size_param("size", "A tree size up to the current one.")],
+            errors={**bad, "404": "No tree of that size."},
+        ),
+        "/audit/proof/inclusion": _evidence_get(
+            "getInclusionProof",
+            "Prove a record is in the log",
+            "RFC 9162 inclusion proof of a record's leaf in the tree at ?size= (default: "
+            "now), with the checkpoint it is checked against. A record outside the caller's "
+            "grants answers 404, like an unknown id.",
+            {"description": "The proof.", "content": proof},
+            parameters=[
+                {
+                    "name": "id",
+                    "in": "query",
+                    "required": True,
+                    "description": "The record's id.",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_PARAM},
+                },
+                _size_param("size", "The tree size to prove against."),
+            ],
+            errors={**bad, "404": "No such record visible to the caller, or no such size."},
+        ),
+        "/audit/proof/consistency": _evidence_get(
+            "getConsistencyProof",
+            "Prove the log only grew",
+            "RFC 9162 consistency proof that the tree at ?from=M is a prefix of the tree "
+            "at ?to=N (default: now).",
+            {"description": "The proof.", "content": proof},
+            parameters=[
+                _size_param("from", "The older tree size.", required=True),
+                _size_param("to", "The newer tree size."),
+            ],
+            errors={**bad, "404": "No tree of that size."},
+        ),
+        job + "/manifest": _evidence_get(
+            "getJobManifest",
+            "A job file's signed manifest",
+            "The manifest's exact bytes (the signature covers them as they are).",
+            {"description": "The manifest.", "content": manifest},
+            parameters=[_job_id_param(), sig_param],
+            security=[{"bearerAuth": []}, {"signedLink": []}],
+            errors=job_missing,
+        ),
+        job + "/manifest.sig": _evidence_get(
+            "getJobManifestSignature",
+            "The raw Ed25519 signature of a job file's manifest",
+            "64 bytes; `openssl pkeyutl -verify -rawin` checks it against the manifest.",
+            {"description": "The signature.", "content": signature},
+            parameters=[_job_id_param(), sig_param],
+            security=[{"bearerAuth": []}, {"signedLink": []}],
+            errors=job_missing,
+        ),
+        MANIFEST_PATH.replace("{export_id}", "{exportId}"): _evidence_get(
+            "getExportManifest",
+            "A streamed export's signed manifest",
+            "Signed once the stream's last byte has left; the requester's or an admin's.",
+            {"description": "The manifest.", "content": manifest},
+            parameters=[export_param],
+            errors=missing,
+        ),
+        MANIFEST_PATH.replace("{export_id}", "{exportId}") + ".sig": _evidence_get(
+            "getExportManifestSignature",
+            "The raw Ed25519 signature of a streamed export's manifest",
+            "64 bytes, over the manifest's exact bytes.",
+            {"description": "The signature.", "content": signature},
+            parameters=[export_param],
+            errors=missing,
+        ),
     }

@@ -7,8 +7,11 @@
 
 Every data route takes `Authorization: Bearer <token>` (the download route also takes a
 portal-signed `?sig=`); every error is the JSON Status body of DESIGN.md, made from the
-`AuditError` the domain raised, in one place (`_endpoint`). The routes are thin: parse,
-authenticate, call `service`/`jobs`, shape the response. They are handed the context.
+`AuditError` the domain raised, in one place (`_endpoint`). HEAD answers as GET would,
+without a body (and without queueing, streaming or auditing anything). The routes are
+thin: parse, authenticate, call `service`/`jobs`, shape the response. They are handed the
+context. Refusals (403) are counted per token and client address by the routes'
+`access.RefusalGuard`: too many in a window are turned away (429), their records coalesced.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
+from datetime import datetime
 from typing import Any, BinaryIO
 
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
@@ -27,8 +31,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from .. import access, export, jobs, service
+from .. import access, export, jobs, manifests, service
 from ..access import Principal
+from ..config import Settings
 from ..context import Context
 from ..errors import (
     AuditError,
@@ -38,17 +43,22 @@ from ..errors import (
     TooManyRequestsError,
     UnauthorizedError,
 )
-from ..filters import MAX_PARAM, AuditFilter, FilterError, parse_format
+from ..filters import MAX_PARAM, AuditFilter, FilterError, parse_format, refuse_control
 from ..formats import CONTENT_TYPES, filename
 from . import links, openapi
 from .documents import (
+    ALLOW,
+    ALLOWED_METHODS,
     DOWNLOAD_PATH,
     JOB_PATH,
     JOB_URL,
+    MANIFEST_PATH,
+    PREFIX,
     SECURITY_HEADERS,
     download_name,
     error_response,
     job_document,
+    method_not_allowed_message,
 )
 
 log = logging.getLogger(__name__)
@@ -56,15 +66,15 @@ log = logging.getLogger(__name__)
 EXPORT_PARAMS = ("format", "from", "to", "action", "user", "namespace")
 MAX_QUERY = 4096  # characters in a whole query string
 FILE_CHUNK = 1 << 20  # bytes per chunk when serving a job's file
-RETRY_NOT_READY = 5  # seconds a poller should wait for a job
 RETRY_BUSY = 10  # seconds a caller over a limit should wait
 REALM = 'Bearer realm="audit-export"'
 
 Handler = Callable[[Request, Context, "StreamLimiter"], Awaitable[Response]]
+ADDRESS_FACTOR = 3  # one client address may hold several people's tokens (a proxy, a NAT)
 
 
 class MethodNotAllowedError(AuditError):
-    """This API answers GET only."""
+    """This API answers GET and HEAD only."""
 
     status = 405
     reason = "MethodNotAllowed"
@@ -98,6 +108,25 @@ class StreamLimiter:
                 self._open.pop(key, None)
             else:
                 self._open[key] = n
+
+
+class RefusalGuards:
+    """The refusal guard of the context being served.
+
+    A new context (the server's one, or a test's own database) starts with a fresh guard,
+    so counts and pending summary records never cross from one database to another.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._served: tuple[Context, access.RefusalGuard] | None = None
+
+    def for_context(self, ctx: Context) -> access.RefusalGuard:
+        with self._lock:
+            if self._served is None or self._served[0] is not ctx:
+                guard = access.RefusalGuard(ctx.settings.refusal_window_seconds)
+                self._served = (ctx, guard)
+            return self._served[1]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -155,6 +184,7 @@ def _check_query(request: Request, allowed: tuple[str, ...]) -> None:
             )
         if len(value) > MAX_PARAM:
             raise FilterError(f"{name} is longer than {MAX_PARAM} characters", name)
+        refuse_control(name, value)  # before the emptiness check below, which strips
     for name in ("format", "from", "to", "sig"):
         values = request.query_params.getlist(name)
         if len(values) > 1:
@@ -174,6 +204,16 @@ def _limit_key(who: Principal, request: Request) -> str:
     # One person may hold several tokens; the cap is per token, so key on the token.
     token = access.bearer_token(request.headers.get("authorization"))
     return "_".join(token.split("_", 2)[:2]) if token else f"user:{who.email}"
+
+
+def _refusal_keys(request: Request, settings: Settings) -> dict[str, int]:
+    """What a refusal counts against, with each limit: the token presented, the address."""
+    address = _client_ip(request) or "(unknown)"
+    keys = {f"address {address}": ADDRESS_FACTOR * settings.max_refusals}
+    prefix = access.token_prefix(access.bearer_token(request.headers.get("authorization")))
+    if prefix is not None:
+        keys = {f"token {prefix}": settings.max_refusals, **keys}
+    return keys
 
 
 async def _guarded(
@@ -216,6 +256,8 @@ async def export_route(request: Request, ctx: Context, limiter: StreamLimiter) -
             return service.plan_export(conn, who, flt, fmt)
 
     plan = await run_in_threadpool(make_plan)
+    if request.method == "HEAD":
+        return _export_head(plan, service.is_immediate(plan, ctx.settings))
     if not service.is_immediate(plan, ctx.settings):
         job = await run_in_threadpool(jobs.enqueue, ctx.engine, plan, who, ctx.settings)
         doc = job_document(job)
@@ -224,20 +266,26 @@ async def export_route(request: Request, ctx: Context, limiter: StreamLimiter) -
             202,
             headers={
                 "Location": JOB_URL.format(job_id=job.job_id),
-                "Retry-After": str(RETRY_NOT_READY),
+                "Retry-After": str(jobs.retry_after(job)),
             },
         )
     key = _limit_key(who, request)
     limiter.acquire(key, ctx.settings.max_concurrent_streams)
+    name = filename(fmt, plan.exported_at)
     try:
-        chunks = service.export_chunks(ctx.engine, who, plan, ctx.settings, channel="api")
+        # The manifest is signed once the last byte has left; its URL is known now.
+        export_id = await run_in_threadpool(manifests.reserve_id, ctx.engine, plan)
+        signed = service.ManifestRequest(export_id, name, str(request.url.query))
+        chunks = service.export_chunks(
+            ctx.engine, who, plan, ctx.settings, channel="api", manifest=signed
+        )
         # Pull the first chunk (which writes the audit record) before any header leaves,
         # so a failure there is still an honest error status.
         first = await run_in_threadpool(next, chunks, None)
     except BaseException:
         limiter.release(key)
         raise
-    name = filename(fmt, plan.exported_at)
+    manifest_url = PREFIX + MANIFEST_PATH.format(export_id=export_id)
     return StreamingResponse(
         _guarded(chunks, first, lambda: limiter.release(key)),
         200,
@@ -245,8 +293,31 @@ async def export_route(request: Request, ctx: Context, limiter: StreamLimiter) -
         headers={
             "Content-Disposition": f'attachment; filename="{name}"',
             "X-Total-Records": str(plan.total),
+            "Link": f'<{manifest_url}>; rel="describedby"',
         },
     )
+
+
+def _export_head(plan: export.ExportPlan, immediate: bool) -> Response:
+    """HEAD /audit/export: GET's status and headers, with nothing queued, streamed or audited.
+
+    HEAD is safe, so over the limit it queues no job: the 202 then has no Location, and
+    the manifest's Link (an id reserved as the stream starts) is left out too.
+    """
+    if not immediate:
+        return _head(202, "application/json")
+    name = filename(plan.fmt, plan.exported_at)
+    headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+    headers["X-Total-Records"] = str(plan.total)
+    return _head(200, CONTENT_TYPES[plan.fmt], headers)
+
+
+def _head(status: int, media_type: str, headers: dict[str, str] | None = None) -> Response:
+    """Status and headers only. Content-Length only when given: a GET that streams has none."""
+    response = Response(status_code=status, media_type=media_type, headers=headers)
+    if "Content-Length" not in (headers or {}):
+        del response.headers["content-length"]
+    return response
 
 
 async def job_route(request: Request, ctx: Context, limiter: StreamLimiter) -> Response:
@@ -254,7 +325,8 @@ async def job_route(request: Request, ctx: Context, limiter: StreamLimiter) -> R
     who = await _authenticate(request, ctx)
     _check_query(request, ())
     job = await _visible_job(ctx, _job_id(request), who)
-    return JSONResponse(job_document(job))
+    doc, headers = await _document(ctx, job)
+    return JSONResponse(doc, headers=headers)
 
 
 async def _visible_job(ctx: Context, job_id: str, who: Principal) -> jobs.JobInfo:
@@ -277,14 +349,21 @@ async def download_route(request: Request, ctx: Context, limiter: StreamLimiter)
         who = await _authenticate(request, ctx)
     _check_query(request, ("sig",))
     job = await _visible_job(ctx, _job_id(request), who)
+    await run_in_threadpool(may_still_read, ctx, job, who)
     if jobs.is_expired(job):
         raise GoneError(f"export job {job.job_id} has expired and its file was removed")
     if job.state in jobs.ACTIVE:
-        return JSONResponse(job_document(job), 202, headers={"Retry-After": str(RETRY_NOT_READY)})
+        doc, headers = await _document(ctx, job)
+        return JSONResponse(doc, 202, headers=headers)
     if job.state != jobs.JobState.COMPLETED:
         failed = job.state == jobs.JobState.FAILED
         why = f": {job.last_error}" if failed and job.last_error else ""
         raise ConflictError(f"export job {job.job_id} is {job.state}{why}; no file to download")
+    media, headers = _file_headers(job)
+    if request.method == "HEAD":  # the file's headers; nothing opened, nothing audited
+        if not await run_in_threadpool(jobs.file_path(ctx.settings, job).exists):
+            raise GoneError(f"export job {job.job_id} has expired and its file was removed")
+        return _head(200, media, headers)
     key = _limit_key(who, request)
     limiter.acquire(key, ctx.settings.max_concurrent_streams)
     try:
@@ -297,21 +376,58 @@ async def download_route(request: Request, ctx: Context, limiter: StreamLimiter)
         fh.close()
         limiter.release(key)
 
+    return StreamingResponse(
+        _guarded(_read(fh), None, release), 200, media_type=media, headers=headers
+    )
+
+
+def may_still_read(ctx: Context, job: jobs.JobInfo, who: Principal) -> None:
+    """Refuse (403) a job's file to someone who may no longer read all the job reads.
+
+    The check the worker makes before it runs a job (access.export_refusal on the job's
+    namespaces), made again for the person downloading: a requester demoted to viewer or
+    whose grants were narrowed since gets nothing; admins may read every job.
+    """
+    with ctx.engine.connect() as conn:
+        flt = jobs.job_filter(conn, job.job_id)
+        refusal = None if flt is None else access.export_refusal(conn, who.email, flt.namespaces)
+    if refusal is not None:
+        raise access.AccessDeniedError(
+            f"export job {job.job_id} reads more than you may read now: {refusal}"
+        )
+
+
+def _file_headers(job: jobs.JobInfo) -> tuple[str, dict[str, str]]:
+    """The media type and headers of a completed job's file."""
     assert job.file_sha256 is not None and job.file_size is not None
     digest = base64.b64encode(bytes.fromhex(job.file_sha256)).decode()
     media = "application/gzip" if job.compression == "gzip" else CONTENT_TYPES[job.format]
-    return StreamingResponse(
-        _guarded(_read(fh), None, release),
-        200,
-        media_type=media,
-        headers={
-            "Content-Length": str(job.file_size),
-            "Content-Disposition": f'attachment; filename="{download_name(job)}"',
-            "ETag": f'"sha256-{job.file_sha256}"',
-            "Repr-Digest": f"sha-256=:{digest}:",
-            "X-Total-Records": str(job.rows_written),
-        },
-    )
+    return media, {
+        "Content-Length": str(job.file_size),
+        "Content-Disposition": f'attachment; filename="{download_name(job)}"',
+        "ETag": f'"sha256-{job.file_sha256}"',
+        "Repr-Digest": f"sha-256=:{digest}:",
+        "X-Total-Records": str(job.rows_written),
+    }
+
+
+async def _document(ctx: Context, job: jobs.JobInfo) -> tuple[dict[str, Any], dict[str, str]]:
+    """The job's document and, while it is active, the Retry-After its file is expected in.
+
+    A job waiting to retry a failed attempt says when it will.
+    """
+    retry = None
+    if job.state == jobs.JobState.QUEUED and job.last_error:
+
+        def read() -> datetime | None:
+            with ctx.engine.connect() as conn:
+                return jobs.retry_at(conn, job.job_id)
+
+        retry = await run_in_threadpool(read)
+    headers = {}
+    if job.state in jobs.ACTIVE:
+        headers["Retry-After"] = str(jobs.retry_after(job, retry_at=retry))
+    return job_document(job, retry_at=retry), headers
 
 
 def _open_and_record(ctx: Context, job: jobs.JobInfo, who: Principal) -> BinaryIO:
@@ -354,36 +470,46 @@ async def not_found(request: Request, ctx: Context, limiter: StreamLimiter) -> R
 # --------------------------------------------------------------------------- wiring
 
 
-def _record_denied(request: Request, ctx: Context, message: str) -> None:
-    """Write portal.access_denied for an authenticated caller the grants refused (403)."""
+def _record_denied(
+    request: Request, ctx: Context, guard: access.RefusalGuard, message: str
+) -> None:
+    """Count and audit (coalesced) a refusal by the grants (403) of an authenticated caller."""
     who = getattr(request.state, "principal", None)
     if not isinstance(who, Principal):
         return
     what = f"api {request.url.path[:200]}: {message}"
-    access.denied(ctx.engine, who.email, who.role, what, who.source_ip, ctx.settings)
+    guard.refused(ctx.engine, ctx.settings, who, what, _refusal_keys(request, ctx.settings))
+
+
+async def _turn_away(request: Request, ctx: Context, guard: access.RefusalGuard) -> None:
+    """Write the summaries of closed windows; refuse (429) a caller refused too often."""
+    if guard.due():
+        await run_in_threadpool(guard.flush, ctx.engine, ctx.settings)
+    guard.check(_refusal_keys(request, ctx.settings))
 
 
 def _endpoint(
     handler: Handler,
     limiter: StreamLimiter,
+    guards: RefusalGuards,
     get_context: Callable[[], Context],
     *,
     needs_context: bool = True,
 ) -> Callable[..., Any]:
-    """Wrap a handler: GET only, JSON Status errors, no-store headers, no traceback leaks."""
+    """Wrap a handler: GET and HEAD only, JSON Status errors, no-store headers, no leaks."""
 
     async def run(request: Request) -> Response:
         response: Response
+        ctx: Context | None = None
         try:
-            if request.method != "GET":
-                raise MethodNotAllowedError(
-                    f"{request.method[:20]} is not allowed here; this API only answers GET",
-                    headers={"Allow": "GET"},
-                )
-            ctx = get_context() if needs_context else None
+            if request.method not in ALLOWED_METHODS:  # ApiMiddleware answers these first
+                raise _method_not_allowed(request.method)
+            if needs_context:
+                ctx = get_context()
+                await _turn_away(request, ctx, guards.for_context(ctx))
             response = await handler(request, ctx, limiter)  # type: ignore[arg-type]
         except AuditError as e:
-            response = await _error_answer(request, e, get_context)
+            response = await _error_answer(request, e, ctx, guards)
         except Exception:  # noqa: BLE001 - the last line: log it, never leak it
             ref = uuid.uuid4().hex[:12]
             log.exception("API error %s on %s %s", ref, request.method, request.url.path)
@@ -394,23 +520,39 @@ def _endpoint(
                 f"details under reference {ref}",
             )
         response.headers.update(SECURITY_HEADERS)
-        return response
+        return _without_body(response) if request.method == "HEAD" else response
 
     run.__name__ = handler.__name__
     run.__doc__ = handler.__doc__
     return run
 
 
+def _method_not_allowed(method: str) -> MethodNotAllowedError:
+    return MethodNotAllowedError(method_not_allowed_message(method), headers={"Allow": ALLOW})
+
+
+def _without_body(response: Response) -> Response:
+    """HEAD: the same status and headers (Content-Length included), no body.
+
+    This covers the JSON answers. A route that streams must answer HEAD itself, before it
+    takes a stream slot or opens a file (export_route, download_route do).
+    """
+    bare = Response(status_code=response.status_code)
+    bare.raw_headers = list(response.raw_headers)
+    return bare
+
+
 async def _error_answer(
-    request: Request, e: AuditError, get_context: Callable[[], Context]
+    request: Request, e: AuditError, ctx: Context | None, guards: RefusalGuards
 ) -> Response:
-    """The Status answer for a domain error; a 401 challenges, a 403 is audited."""
+    """The Status answer for a domain error; a 401 challenges, a 403 is counted and audited."""
     headers = dict(e.headers)
     if e.status == 401:
         presented = "authorization" in request.headers or "sig" in request.query_params
         headers["WWW-Authenticate"] = f'{REALM}, error="invalid_token"' if presented else REALM
-    if e.status == 403:
-        await run_in_threadpool(_record_denied, request, get_context(), e.message)
+    if e.status == 403 and ctx is not None:
+        guard = guards.for_context(ctx)
+        await run_in_threadpool(_record_denied, request, ctx, guard, e.message)
     return error_response(e.status, e.reason, e.message, headers or None)
 
 
@@ -420,12 +562,16 @@ ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 def routes(get_context: Callable[[], Context]) -> list[BaseRoute]:
     """The API's routes, to mount at /api/v1 (a JSON 404 catches every other path)."""
     limiter = StreamLimiter()  # one per mounted API: streams in flight in this process
+    guards = RefusalGuards()  # refusals counted and coalesced, per context served
 
     def route(path: str, handler: Handler, needs_context: bool = True) -> Route:
-        endpoint = _endpoint(handler, limiter, get_context, needs_context=needs_context)
+        endpoint = _endpoint(handler, limiter, guards, get_context, needs_context=needs_context)
         return Route(path, endpoint, methods=ALL_METHODS)
 
+    from .evidence import ROUTES as EVIDENCE
+
     return [
+        *(route(path, handler) for path, handler in EVIDENCE),
         route("/audit/export", export_route),
         route(JOB_PATH, job_route),
         route(DOWNLOAD_PATH, download_route),

@@ -51,11 +51,18 @@ def upgrade() -> None:
     op.create_table(
         'export_manifests',
         sa.Column('export_id', sa.String(length=64), nullable=False),
+        sa.Column('requested_by', sa.String(length=320), nullable=False),
+        sa.Column('channel', sa.String(length=8), nullable=False),
+        sa.Column('file_name', sa.String(length=255), nullable=False),
         sa.Column('manifest', sa.LargeBinary(), nullable=False),
         sa.Column('signature', sa.LargeBinary(length=64), nullable=False),
         sa.Column('sha256', sa.String(length=64), nullable=False),
         sa.Column('created_at', sa.DateTime(), nullable=False),
-        sa.PrimaryKeyConstraint('export_id'),
+        sa.PrimaryKeyConstraint('sha256'),
+    )
+    op.create_index('ix_export_manifests_export_id', 'export_manifests', ['export_id'])
+    op.create_index(
+        'ix_export_manifests_requested_by', 'export_manifests', ['requested_by']
     )
     conn = op.get_bind()
     op.create_index('ux_audit_leaf', 'audit_records', ['leaf'], unique=True)
