@@ -8,7 +8,18 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, except_, func, insert, select, update
+from sqlalchemy import (
+    ARRAY,
+    Connection,
+    String,
+    cast,
+    delete,
+    except_,
+    func,
+    insert,
+    select,
+    update,
+)
 
 from . import evidence, tree
 from .errors import ConflictError
@@ -68,7 +79,19 @@ def _raise_counters(conn: Connection, records: Sequence[Record]) -> None:
 
 
 def existing_checksums(conn: Connection, ids: Sequence[str]) -> dict[str, str]:
-    """Map the given ids that are already stored to their checksums."""
+    """Map the given ids that are already stored to their checksums.
+
+    On PostgreSQL the ids go in as one array joined to the table: `id IN ($1, ..., $900)`
+    is a list of parameters, which the planner cannot hash, and on a table whose
+    statistics still say empty (a first ingest, inside its own transaction) it compared
+    every row with every id: 424 records/s for a 100k file instead of thousands.
+    """
+    if conn.dialect.name == "postgresql":
+        wanted = (
+            func.unnest(cast(list(ids), ARRAY(String))).table_valued("id").render_derived("wanted")
+        )
+        stmt = select(T.c.id, T.c.checksum).join(wanted, T.c.id == wanted.c.id)
+        return {str(i): str(c) for i, c in conn.execute(stmt).all()}
     found: dict[str, str] = {}
     for i in range(0, len(ids), 900):
         chunk = list(ids[i : i + 900])

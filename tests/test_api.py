@@ -702,3 +702,15 @@ def test_a_job_whose_file_cannot_be_written_says_why_from_the_first_attempt(
         retry = datetime.fromisoformat(st["retryAt"].replace("Z", "+00:00"))
         assert before + timedelta(seconds=59) <= retry <= datetime.now(UTC) + timedelta(seconds=61)
         assert str(tmp_path) not in json.dumps(doc)  # no server path reaches the requester
+
+
+def test_api_answers_are_never_compressed_and_say_nothing_varies(api: Api) -> None:
+    add(api.engine, 40)  # a body well over the gzip layer's minimum size
+    resp = api.client.get(
+        "/api/v1/audit/export",
+        params={"format": "jsonl", "to": TO},
+        headers={"Authorization": f"Bearer {api.admin}", "Accept-Encoding": "gzip"},
+    )
+    assert resp.status_code == 200 and len(resp.content) > 2000
+    assert "content-encoding" not in resp.headers
+    assert "vary" not in resp.headers

@@ -127,7 +127,8 @@ class LoopbackOnlyMiddleware:
 class ApiMiddleware:
     """ASGI middleware for /api/v1, placed by app.py outside Streamlit's own middleware.
 
-    - Answers uncompressed: Streamlit gzips at level 9 for any client that accepts it,
+    - Answers uncompressed, with no `Vary: Accept-Encoding` (nothing varies): Streamlit
+      gzips at level 9 for any client that accepts it,
       which would cut a streamed export's throughput several times over and change the
       bytes a download's Content-Length and Repr-Digest describe. (Smaller files: queue
       a gzip job.)
@@ -165,4 +166,23 @@ class ApiMiddleware:
                 return
             headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"accept-encoding"]
             scope = {**scope, "headers": headers}
+            await self.app(scope, receive, _without_vary(send))
+            return
         await self.app(scope, receive, send)
+
+
+def _without_vary(send: Any) -> Any:
+    """Drop the `Vary: Accept-Encoding` Streamlit's gzip layer adds: API answers are never
+    compressed (ApiMiddleware removes Accept-Encoding), so the encoding does not vary."""
+
+    async def sending(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            kept = [
+                (k, v)
+                for k, v in message.get("headers") or []
+                if not (k.lower() == b"vary" and v.lower() == b"accept-encoding")
+            ]
+            message = {**message, "headers": kept}
+        await send(message)
+
+    return sending
