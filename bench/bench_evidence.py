@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_evidence.py                   # 1M records, SQLite + PostgreSQL
     .venv/bin/python bench/bench_evidence.py --records 200000 --engines sqlite
     .venv/bin/python bench/bench_evidence.py --baseline /path/to/checkout-before-the-tree
+    .venv/bin/python bench/bench_evidence.py --store sqlite:////path/to/10m.db   # proofs only
 
 - append: `python -m audit_core demo --records N` as a whole process, this tree against
   --baseline (a checkout from before the Merkle tree), interleaved A B A B;
@@ -23,6 +24,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, text
 
@@ -107,6 +109,24 @@ def bench_exports(url: str, work: Path, rounds: int) -> None:
         )
 
 
+def sqlite_pages(conn: Any, url: str) -> dict[str, int] | None:
+    """Bytes per table and index (dbstat): from the driver, else from the sqlite3 shell
+    (pysqlite3's SQLite is built without dbstat; Debian's shell has it)."""
+    stat = "SELECT name, sum(pgsize) FROM dbstat GROUP BY name"
+    try:
+        return {str(k): int(v) for k, v in conn.execute(text(stat)).all()}
+    except Exception:  # noqa: BLE001 - dbstat is not in every SQLite build
+        pass
+    path = url.removeprefix("sqlite:///")
+    try:
+        out = subprocess.run(
+            ["sqlite3", path, stat], capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return {k: int(v) for k, v in (line.split("|") for line in out.splitlines())}
+
+
 def bench_proofs(url: str, work: Path) -> None:
     ctx = build(Settings(database_url=url, database_configured=True, export_dir=work / "x"))
     with ctx.engine.connect() as conn:
@@ -157,12 +177,9 @@ def bench_proofs(url: str, work: Path) -> None:
             )
         else:
             q = lambda s: conn.execute(text(s)).scalar()  # noqa: E731
-            try:
-                pages = dict(
-                    conn.execute(text("SELECT name, sum(pgsize) FROM dbstat GROUP BY name")).all()
-                )
-            except Exception:  # noqa: BLE001 - dbstat is not in every SQLite build
-                print("  storage: SQLite without dbstat; not measured")
+            pages = sqlite_pages(conn, url)
+            if pages is None:
+                print("  storage: no SQLite with dbstat here; not measured")
                 return
             log = sum(
                 v
@@ -187,7 +204,19 @@ def main() -> None:
     ap.add_argument("--engines", default="sqlite,postgresql")
     ap.add_argument("--baseline", type=Path, help="a checkout from before the Merkle tree")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--store",
+        action="append",
+        default=[],
+        help="only the proofs and storage on this existing store (URL); may be repeated",
+    )
     args = ap.parse_args()
+    if args.store:
+        with tempfile.TemporaryDirectory(prefix="bench-evidence-") as tmp:
+            for url in args.store:
+                print(f"{url}:")
+                bench_proofs(url, Path(tmp))
+        return
     print(f"bench_evidence: load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory(prefix="bench-evidence-") as tmp:
         work = Path(tmp)
