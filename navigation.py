@@ -8,9 +8,7 @@ from audit_core import access, views
 from audit_core.access import Principal
 from pages import common
 
-st.set_page_config(
-    page_title="Audit Export Portal", page_icon=":material/fact_check:", layout="wide"
-)
+st.set_page_config(page_title="Audit Export Portal", page_icon=common.FAVICON, layout="wide")
 
 
 def sign_in_page() -> None:

@@ -13,14 +13,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import pandas as pd
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
-from . import evidence, manifests, query, service
-from .access import AccessDeniedError, Principal
+from . import evidence, formats, manifests, query, service
+from .access import AccessDeniedError, Principal, TokenInfo, UserInfo, scope
 from .config import Settings
-from .filters import AuditFilter, FilterError
+from .filters import MAX_VALUE, AuditFilter, FilterError
+from .jobs import JobInfo
+from .models import AUDIT
 from .record import FIELDS, FREE_TEXT, compute_checksum, parse_instant
 from .worker import THREAD_NAME
 
@@ -201,15 +204,23 @@ def record_detail(row: Mapping[str, str]) -> tuple[list[tuple[str, str]], bool]:
 
 
 MONOSPACE_FIELDS = frozenset({"id", "checksum", "sourceIP"})
+# A table cell breaks lines only at spaces, so a longer word would run out of sight; a code
+# span breaks anywhere (it is how the 71-character checksum wraps).
+LONG_WORD = 32
 
 
 def record_table(fields: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
     """The record panel's field/value table. st.table renders Markdown in every cell, so
-    each value goes in literal: monospace for the id, checksum and address, escaped else."""
+    each value goes in literal: monospace for the id, checksum and address, and for a value
+    with a word too long to wrap; escaped else."""
     return {
         "field": [f for f, _ in fields],
-        "value": [code(v) if f in MONOSPACE_FIELDS else md(v) for f, v in fields],
+        "value": [code(v) if f in MONOSPACE_FIELDS or _long_word(v) else md(v) for f, v in fields],
     }
+
+
+def _long_word(value: str) -> bool:
+    return any(len(w) > LONG_WORD for w in value.split())
 
 
 def histogram_frame(buckets: Iterable[tuple[int, str, int]], by: str) -> pd.DataFrame:
@@ -399,3 +410,218 @@ def _distinct(engine: Engine, who: Principal, column: str) -> list[str]:
         return _read(engine, service.distinct_values, who, column)
     except AccessDeniedError:  # no grants at all: nothing to offer
         return []
+
+
+# ---------------------------------------------------------------------------- the record panel
+
+RECORD_PARAM = "record"
+# Every query parameter Explore reads; anything else in its URL is named on the page.
+EXPLORE_PARAMS = ("from", "to", "action", "user", "namespace", RECORD_PARAM)
+
+
+def record_by_id(engine: Engine, who: Principal, record_id: str) -> dict[str, str] | None:
+    """The record with this id if the principal may see it, else None.
+
+    Scoped as every read is (access.scope), so a record outside the principal's grants
+    is answered exactly like an id that does not exist: the answer tells no one it is there.
+    """
+    if not record_id or len(record_id) > MAX_VALUE:
+        return None
+    try:
+        scoped = scope(who, AuditFilter())
+    except AccessDeniedError:  # no grants at all: no record is theirs to see
+        return None
+    stmt = select(*query.EXPORT_COLUMNS).where(AUDIT.c.id == record_id, scoped.clause(AUDIT))
+    row = _read(engine, lambda conn: conn.execute(stmt).first())
+    return None if row is None else dict(zip(FIELDS, map(str, row), strict=True))
+
+
+def no_record_message(record_id: str) -> str:
+    """What an unknown id and a record outside the grants both answer (Markdown, literal id)."""
+    return f"No record {code(record_id)} that you may see."
+
+
+def record_json(row: Mapping[str, str]) -> bytes:
+    """The record's line in a JSON Lines export, newline included: the writer's own bytes."""
+    return b"".join(formats.jsonl_chunks([[tuple(str(row[f]) for f in FIELDS)]]))
+
+
+def record_link(base_url: str | None, record_id: str) -> str:
+    """The link that opens the record panel for this record (relative without a base)."""
+    return f"{(base_url or '').split('?', 1)[0]}?{RECORD_PARAM}={quote(record_id, safe='')}"
+
+
+def row_of(rows: Sequence[Mapping[str, Any]], record_id: str | None) -> int | None:
+    """The position of the record in a preview page's rows, or None when it is not there."""
+    if record_id is None:
+        return None
+    return next((i for i, r in enumerate(rows) if r.get("id") == record_id), None)
+
+
+# ---------------------------------------------------------------------------- the URL's truth
+
+
+def unknown_params(params: Mapping[str, object]) -> list[str]:
+    """The URL's query parameters Explore does not read (a typo such as `frm`), sorted."""
+    return sorted(name for name in params if name not in EXPLORE_PARAMS)
+
+
+def unknown_params_message(names: Sequence[str]) -> str:
+    """A warning naming the ignored parameters, literally (Markdown)."""
+    listed = ", ".join(code(n) for n in names)
+    known = ", ".join(code(p) for p in EXPLORE_PARAMS)
+    one = len(names) == 1
+    what = f"parameter {listed} means" if one else f"parameters {listed} mean"
+    was = "was" if one else "were"
+    return f"The link's {what} nothing here and {was} ignored (Explore reads {known})."
+
+
+def _term_matches(field: str, term: str, known: Sequence[str]) -> bool:
+    if field == "action" and term.endswith("*"):
+        stem = term[:-1]
+        return any(a.startswith(stem) for a in known)
+    if field == "user":
+        return term.lower() in {k.lower() for k in known}
+    return term in known
+
+
+def unmatched_terms(
+    typed: FilterInput, known: Mapping[str, Sequence[str]], who: Principal | None = None
+) -> dict[str, list[str]]:
+    """Filter values that match no action, user or namespace the principal may see.
+
+    A namespace outside `who`'s grants is left out: asking for it is refused, not unmatched.
+    """
+    terms = {"action": typed.actions, "user": typed.users, "namespace": typed.namespaces}
+    out: dict[str, list[str]] = {}
+    for field, values in terms.items():
+        missing = [v for v in values if not _term_matches(field, v, known.get(field, ()))]
+        if field == "namespace" and who is not None:
+            missing = [v for v in missing if who.may_see(v)]
+        if missing:
+            out[field] = missing
+    return out
+
+
+def unmatched_message(field: str, values: Sequence[str]) -> str:
+    """A warning naming filter values that match nothing known, literally (Markdown)."""
+    listed = ", ".join(code(v) for v in values)
+    what = "them" if len(values) > 1 else "it"
+    return (
+        f"No record you may see has the {field} {listed}: nothing can match {what}. "
+        "Check the spelling, or pick from the list."
+    )
+
+
+UNMATCHED_NOTE = "  (matches no record)"
+
+
+def picker_label(option: str, missing: Iterable[str], base: Callable[[str], str] = str) -> str:
+    """A picker choice's label, marked when it matches no record (kept from a URL or typed)."""
+    return option + UNMATCHED_NOTE if option in set(missing) else base(option)
+
+
+# ---------------------------------------------------------------------------- admin feedback
+
+TOKEN_SHOWN_ONCE = (
+    "Copy this token now: it is shown only once. The portal keeps only its hash, so no one "
+    "can show it again; if it is lost, revoke it and create another."
+)
+
+
+def user_saved_message(before: UserInfo | None, after: UserInfo) -> str:
+    """What saving a user did, as Markdown: the email literal, each change from -> to."""
+    who, grants = code(after.email), md(describe_namespaces(after.namespaces))
+    if before is None or not before.active:
+        verb = "Added" if before is None else "Re-added"
+        return f"{verb} {who} as {md(after.role)} on {grants}."
+    changes = []
+    if before.role != after.role:
+        changes.append(f"role {md(before.role)} → {md(after.role)}")
+    if before.namespaces != after.namespaces:
+        changes.append(f"namespaces {md(describe_namespaces(before.namespaces))} → {grants}")
+    if not changes:
+        return f"No change: {who} is already {md(after.role)} on {grants}."
+    return f"Saved {who}: {'; '.join(changes)}."
+
+
+def user_removed_message(info: UserInfo) -> str:
+    """The confirmation of a removal (Markdown, email literal)."""
+    return (
+        f"Removed {code(info.email)}: they can no longer sign in, and their API tokens "
+        "stop working now."
+    )
+
+
+def token_created_message(info: TokenInfo) -> str:
+    """The confirmation of a new token: its visible prefix, owner and expiry (Markdown)."""
+    return (
+        f"Created API token {code(info.prefix)} for {code(info.email)}; "
+        f"it expires {md(when(info.expires_at))}."
+    )
+
+
+def token_revoked_message(info: TokenInfo) -> str:
+    """The confirmation of a revocation (Markdown, prefix and owner literal)."""
+    return f"Revoked API token {code(info.prefix)} of {code(info.email)}: it stops working now."
+
+
+# ---------------------------------------------------------------------------- job cards
+
+# The state whose time finished_at holds: an expired job's is when it completed.
+_FINISHED = {
+    "completed": "completed",
+    "expired": "completed",
+    "failed": "failed",
+    "cancelled": "cancelled",
+}
+
+
+def duration(seconds: float) -> str:
+    """An elapsed time as a person reads it: '42s', '3m 05s', '2h 04m'."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    minutes, s = divmod(s, 60)
+    if minutes < 60:
+        return f"{minutes}m {s:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def job_times(job: JobInfo) -> str:
+    """'Requested … · started … · completed …' (UTC), leaving out steps not reached.
+
+    A queued job's started_at may be a failed attempt's, waiting for its retry: not shown.
+    """
+    parts = [f"Requested {when(job.created_at)}"]
+    if job.started_at is not None and job.state != "queued":
+        parts.append(f"started {when(job.started_at)}")
+    finished = _FINISHED.get(job.state)
+    if finished and job.finished_at is not None:
+        parts.append(f"{finished} {when(job.finished_at)}")
+    return " · ".join(parts)
+
+
+def job_elapsed(job: JobInfo, now: datetime | None = None) -> str:
+    """How long the job has waited, run or took: 'waiting 12s', 'running 1m 05s', 'took 42s'."""
+    now = now or datetime.now(UTC)
+    if job.state == "queued":
+        return f"waiting {duration((now - job.created_at).total_seconds())}"
+    if job.started_at is None:
+        return ""
+    if job.state == "processing":
+        return f"running {duration((now - job.started_at).total_seconds())}"
+    if job.finished_at is not None and job.state != "cancelled":
+        return f"took {duration((job.finished_at - job.started_at).total_seconds())}"
+    return ""
+
+
+def job_progress_text(job: JobInfo, now: datetime | None = None) -> str:
+    """The progress bar's line: rows written of the estimate (as the worker last reported)."""
+    elapsed = job_elapsed(job, now)
+    if job.state == "queued":
+        return f"Waiting for a worker · {elapsed}"
+    percent = int(progress(job.rows_written, job.estimated_records, job.state) * 100)
+    rows = f"{job.rows_written:,} of {job.estimated_records:,} rows ({percent}%)"
+    return f"{rows} · {elapsed}" if elapsed else rows

@@ -19,6 +19,15 @@ from audit_core.filters import AuditFilter
 PRINCIPAL_KEY = "portal_principal"
 SIGNED_IN_KEY = "portal_signed_in"
 LOCAL_BANNER = "Sign-in is off: local mode, everyone here is the local admin"
+# The favicon, drawn here: Streamlit fetches a `:material/...:` page icon's favicon from
+# fonts.gstatic.com (its frontend builds that URL), and the portal asks nothing of any host
+# but its own. An SVG becomes a data: URL in the page itself.
+FAVICON = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24">'
+    '<rect width="24" height="24" rx="5" fill="#1f4e79"/>'
+    '<path d="M6 12.5l4 4 8-9" fill="none" stroke="#fff" stroke-width="2.6" '
+    'stroke-linecap="round" stroke-linejoin="round"/></svg>'
+)
 CACHE_TTL = 30  # seconds: new records show up within half a minute
 CACHE_ENTRIES = 256
 
@@ -123,6 +132,11 @@ def _preview(url: str, who: Any, flt: str, after: str | None) -> query.Page:
         return service.preview(conn, _who(who), AuditFilter.from_json(flt), after=after)
 
 
+@st.cache_data(ttl=CACHE_TTL, max_entries=CACHE_ENTRIES, show_spinner=False)
+def _record(url: str, who: Any, record_id: str) -> dict[str, str] | None:
+    return views.record_by_id(ctx().engine, _who(who), record_id)
+
+
 @st.cache_data(ttl=60, max_entries=CACHE_ENTRIES, show_spinner=False)
 def _pickers(url: str, who: Any) -> dict[str, list[str]]:
     return views.pickers(ctx().engine, _who(who))
@@ -141,6 +155,12 @@ def preview(who: Principal, flt: AuditFilter, after: str | None) -> query.Page:
     return _preview(ctx().settings.database_url, _who_key(who), flt.to_json(), after)
 
 
+def record(who: Principal, record_id: str) -> dict[str, str] | None:
+    """The record with this id if `who` may see it; None for an unknown id and for one
+    outside the grants alike."""
+    return _record(ctx().settings.database_url, _who_key(who), record_id)
+
+
 def pickers(who: Principal) -> dict[str, list[str]]:
     """Choices for the filter widgets: the actions, users and namespaces the principal sees."""
     return _pickers(ctx().settings.database_url, _who_key(who))
@@ -148,5 +168,5 @@ def pickers(who: Principal) -> dict[str, list[str]]:
 
 def forget_reads() -> None:
     """Drop cached reads (after an ingest changes the log)."""
-    for fn in (_explore, _histogram, _preview, _pickers):
+    for fn in (_explore, _histogram, _preview, _record, _pickers):
         fn.clear()

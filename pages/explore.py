@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import altair as alt
 import streamlit as st
@@ -20,6 +21,15 @@ KEYS = {
     "user": "explore_user",
     "namespace": "explore_namespace",
 }
+RECORD = "explore_record"  # the id of the record the panel shows
+PINNED = "explore_pinned"  # "link" or "anyway": shown even when not on the page
+URL_RECORD = "explore_url_record"  # the record the URL names (as last read or written)
+TABLE = "explore_table"  # the preview grid's key: its selection
+TABLE_FOR = "explore_table_for"  # (page, record) the grid's selection was last set for
+INTRO = (
+    "Filter your organisation's audit log, read any record whole and export what matches "
+    "as signed files anyone can check: start with the filter below."
+)
 HALF_OPEN = (
     "Times are UTC, ISO 8601 (2026-03-01 or 2026-03-01T08:30:00Z). The range is "
     "half-open: From is included, To is not, so [From, To)."
@@ -30,16 +40,16 @@ def _restore() -> None:
     """Fill the filter widgets: from the URL on a session's first visit, else as last left.
 
     Streamlit forgets a widget's value while its page is not shown, so the filter is
-    also kept under a key of its own and put back on returning from another page.
+    also kept under a key of its own and put back on returning from another page. On the
+    first visit, the URL's parameters that Explore does not read are kept to be named.
     """
     if KEYS["from"] in st.session_state:
         return
     saved = st.session_state.get("explore_saved")
-    typed = (
-        saved
-        if isinstance(saved, views.FilterInput)
-        else views.FilterInput.from_query(st.query_params.to_dict())
-    )
+    params = st.query_params.to_dict()
+    typed = saved if isinstance(saved, views.FilterInput) else views.FilterInput.from_query(params)
+    if not isinstance(saved, views.FilterInput):
+        st.session_state["explore_url_unknown"] = (views.unknown_params(params), typed)
     st.session_state[KEYS["from"]] = typed.start
     st.session_state[KEYS["to"]] = typed.end
     st.session_state[KEYS["action"]] = list(typed.actions)
@@ -47,10 +57,26 @@ def _restore() -> None:
     st.session_state[KEYS["namespace"]] = list(typed.namespaces)
 
 
+def _follow_link() -> None:
+    """Open the record a `?record=<id>` link names, once per link (the URL is ours after)."""
+    wanted = st.query_params.get(views.RECORD_PARAM)
+    if wanted and wanted != st.session_state.get(URL_RECORD):
+        _open(wanted, pinned="link")
+        st.session_state[URL_RECORD] = wanted
+
+
+def _open(record_id: str | None, *, pinned: str | None = None) -> None:
+    """Make `record_id` the record the panel shows; pinned ("link", "anyway"): shown even
+    when the rows do not hold it."""
+    st.session_state[RECORD] = record_id
+    st.session_state[PINNED] = pinned if record_id is not None else None
+
+
 def _filter_form(who: Principal) -> tuple[AuditFilter | None, views.FilterInput]:
     """Draw the filter form; return the valid filter (or None) and the values as typed."""
     kept = {k: st.session_state.get(KEYS[k], []) for k in views.LIST_PARAMS}
     known = common.pickers(who)
+    missing = views.unmatched_terms(_typed(), known, who)
     with st.form("explore_filters", border=True):
         c_from, c_to = st.columns(2)
         with c_from:
@@ -72,7 +98,9 @@ def _filter_form(who: Principal) -> tuple[AuditFilter | None, views.FilterInput]
                 "Action",
                 views.action_options(known["action"], kept["action"]),
                 key=KEYS["action"],
-                format_func=views.action_label,
+                format_func=lambda o: views.picker_label(
+                    o, missing.get("action", ()), views.action_label
+                ),
                 placeholder="every action",
                 help="Pick actions, or a whole family with family.* (e.g. runbook.*).",
             )
@@ -82,6 +110,7 @@ def _filter_form(who: Principal) -> tuple[AuditFilter | None, views.FilterInput]
                 "User",
                 views.with_kept(known["user"], kept["user"]),
                 key=KEYS["user"],
+                format_func=lambda o: views.picker_label(o, missing.get("user", ())),
                 placeholder="every user",
                 accept_new_options=True,
                 help="Type to search; matched without regard to case.",
@@ -92,18 +121,13 @@ def _filter_form(who: Principal) -> tuple[AuditFilter | None, views.FilterInput]
                 "Namespace",
                 views.with_kept(known["namespace"], kept["namespace"]),
                 key=KEYS["namespace"],
+                format_func=lambda o: views.picker_label(o, missing.get("namespace", ())),
                 placeholder="every namespace you may see",
                 help="Only the namespaces granted to you are offered.",
             )
             err_ns = st.empty()
         st.form_submit_button("Apply filters", type="primary")
-    typed = views.FilterInput(
-        start=st.session_state.get(KEYS["from"]) or "",
-        end=st.session_state.get(KEYS["to"]) or "",
-        actions=tuple(st.session_state.get(KEYS["action"]) or ()),
-        users=tuple(st.session_state.get(KEYS["user"]) or ()),
-        namespaces=tuple(st.session_state.get(KEYS["namespace"]) or ()),
-    )
+    typed = _typed()
     st.session_state["explore_saved"] = typed
     flt, errors = typed.parse()
     slots = {
@@ -118,9 +142,33 @@ def _filter_form(who: Principal) -> tuple[AuditFilter | None, views.FilterInput]
     return flt, typed
 
 
+def _typed() -> views.FilterInput:
+    """The filter widgets' values as they stand."""
+    return views.FilterInput(
+        start=st.session_state.get(KEYS["from"]) or "",
+        end=st.session_state.get(KEYS["to"]) or "",
+        actions=tuple(st.session_state.get(KEYS["action"]) or ()),
+        users=tuple(st.session_state.get(KEYS["user"]) or ()),
+        namespaces=tuple(st.session_state.get(KEYS["namespace"]) or ()),
+    )
+
+
+def _warn(who: Principal, typed: views.FilterInput) -> None:
+    """Name what the URL or the filter asks for that means nothing: never ignore it silently."""
+    unknown = st.session_state.get("explore_url_unknown")
+    if unknown and unknown[0] and unknown[1] == typed:  # until the filter is changed
+        st.warning(views.unknown_params_message(unknown[0]), icon=":material/link_off:")
+    for field, values in views.unmatched_terms(typed, common.pickers(who), who).items():
+        st.warning(views.unmatched_message(field, values), icon=":material/search_off:")
+
+
 def _sync_url(typed: views.FilterInput) -> None:
-    """Keep the URL's query parameters equal to the filter, so a copied link reopens it."""
+    """Keep the URL equal to the filter and the open record, so a copied link reopens both."""
     wanted = typed.to_query()
+    record = st.session_state.get(RECORD)
+    if record:
+        wanted[views.RECORD_PARAM] = record
+    st.session_state[URL_RECORD] = record
     if st.query_params.to_dict() != wanted:
         st.query_params.from_dict(wanted)
 
@@ -185,8 +233,11 @@ def _charts(who: Principal, flt: AuditFilter, data: views.ExploreData) -> None:
         col.altair_chart(chart, width="stretch")
 
 
-def _preview(who: Principal, flt: AuditFilter, data: views.ExploreData) -> None:
-    """Newest 500 first; 'Older' walks back by keyset token; a selected row opens in full."""
+def _preview(who: Principal, flt: AuditFilter, data: views.ExploreData) -> list[dict[str, str]]:
+    """Newest 500 first; 'Older' walks back by keyset token; selecting a row opens its record.
+
+    Returns the rows shown, so the record panel can look for its record among them.
+    """
     marker = flt.to_json()
     if st.session_state.get("explore_pages_for") != marker:
         st.session_state["explore_pages_for"] = marker
@@ -200,15 +251,18 @@ def _preview(who: Principal, flt: AuditFilter, data: views.ExploreData) -> None:
         f"Newest first: records {start + 1:,}-{start + len(page.rows):,} of {total:,}. "
         "Click a column to sort this page; select a row to see the full record."
     )
+    shown = (marker, tokens[-1])
+    _select_record_row(page.rows, shown)
     event = st.dataframe(
         views.preview_frame(page.rows),
-        key="explore_table",
+        key=TABLE,
         on_select="rerun",
         selection_mode="single-row",
         hide_index=True,
         width="stretch",
         height=420,
     )
+    _take_selection(event, page.rows, shown)
     nav_newer, nav_older, _ = st.columns([1, 1, 6])
     if nav_newer.button("Newest", disabled=len(tokens) == 1, key="explore_newest"):
         st.session_state["explore_pages"] = [None]
@@ -216,18 +270,154 @@ def _preview(who: Principal, flt: AuditFilter, data: views.ExploreData) -> None:
     if nav_older.button("Older", disabled=page.next_token is None, key="explore_older"):
         tokens.append(page.next_token)
         st.rerun()
-    rows = list(getattr(getattr(event, "selection", None), "rows", []) or [])
-    if rows and rows[0] < len(page.rows):
-        fields, ok = views.record_detail(page.rows[rows[0]])
-        with st.container(border=True):
-            st.markdown(f"**Record** {views.code(fields[0][1])}")
-            st.table(views.record_table(fields))
-            if ok:
-                st.success("Checksum matches the record's fields.", icon=":material/verified:")
-            else:
-                st.error("Checksum does NOT match the record's fields.")
+    return page.rows
+
+
+def _select_record_row(rows: list[dict[str, str]], shown: tuple[str, str | None]) -> None:
+    """Tick the open record's row, wherever the new rows put it (or none: it is not there).
+
+    The grid keeps a selection as a row number, and a new filter or page puts another
+    record at that number: so whenever the rows or the record change, the selection is
+    set again from the record's id.
+    """
+    record = st.session_state.get(RECORD)
+    if st.session_state.get(TABLE_FOR) == (shown, record):
+        return
+    st.session_state[TABLE_FOR] = (shown, record)
+    at = views.row_of(rows, record)
+    picked = [] if at is None else [at]
+    st.session_state[TABLE] = {"selection": {"rows": picked, "columns": [], "cells": []}}
+
+
+def _take_selection(event: Any, rows: list[dict[str, str]], shown: tuple[str, str | None]) -> None:
+    """A row the person selected opens its record; clearing the record's own row closes it."""
+    chosen = list(getattr(getattr(event, "selection", None), "rows", []) or [])
+    record = st.session_state.get(RECORD)
+    if chosen and chosen[0] < len(rows):
+        picked = rows[chosen[0]]["id"]
+        if picked != record:
+            _open(picked)
+    elif views.row_of(rows, record) is not None:
+        _open(None)
+    st.session_state[TABLE_FOR] = (shown, st.session_state.get(RECORD))
+
+
+def _record_section(who: Principal, rows: list[dict[str, str]], top: Any) -> None:
+    """The open record: from the rows shown, else by its id when opened by its link.
+
+    A record on the page opens below it; one opened by its link that the page does not
+    hold opens in `top`, where whoever followed the link looks first (one opened anyway
+    stays where its button was). A record selected earlier that the rows no longer hold
+    is not swapped for another: the page says it left and offers to open it anyway.
+    """
+    record = st.session_state.get(RECORD)
+    if not record:
+        return
+    at = views.row_of(rows, record)
+    if at is not None:
+        _record_panel(who, rows[at])
+    elif st.session_state.get(PINNED) == "link":
+        with top:
+            _linked_record(who, record)
+    elif st.session_state.get(PINNED):
+        _linked_record(who, record)
+    else:
+        _record_left(record)
+
+
+def _linked_record(who: Principal, record: str) -> None:
+    """A record opened by its link: its panel, or the one answer for unknown and unseen ids."""
+    found = common.record(who, record)
+    if found is None:
+        st.error(views.no_record_message(record), icon=":material/search_off:")
+        _close_button("explore_close_missing")
+    else:
+        _record_panel(who, found, "Opened by its link: it is not among the rows this filter shows.")
+
+
+def _record_left(record: str) -> None:
+    """Say plainly that the selected record is not among the rows now shown; offer it anyway."""
+    st.warning(
+        f"The record you selected, {views.code(record)}, is not among the records shown now "
+        "(the filter changed, or it is on another page). The panel shows no other record "
+        "in its place.",
+        icon=":material/move_item:",
+    )
+    st.caption("Its own link opens it whatever the filter:")
+    st.code(views.record_link(_base_url(), record), language=None, wrap_lines=True)
+    with st.container(horizontal=True):
+        if st.button("Open it anyway", key="explore_open_anyway", icon=":material/open_in_new:"):
+            _open(record, pinned="anyway")
+            st.rerun()
+        _close_button("explore_close_left")
+
+
+def _record_panel(who: Principal, row: dict[str, str], note: str = "") -> None:
+    """Every field whole and literal, each copyable, and the record as the export writes it."""
+    fields, ok = views.record_detail(row)
+    rid = fields[0][1]
+    with st.container(border=True, key="explore_record_panel"):
+        st.markdown(f"**Record** {views.code(rid)}")
+        if note:
+            st.caption(note)
+        _record_tabs(row, fields)
+        st.caption("Its link, which opens this record:")
+        st.code(views.record_link(_base_url(), rid), language=None, wrap_lines=True)
+        if ok:
+            st.success("Checksum matches the record's fields.", icon=":material/verified:")
+        else:
+            st.error("Checksum does NOT match the record's fields.")
+        with st.container(horizontal=True):
             if st.button("Prove this record", key="explore_prove", icon=":material/verified:"):
-                st.switch_page("pages/verify.py", query_params={"record": fields[0][1]})
+                st.switch_page("pages/verify.py", query_params={"record": rid})
+            _close_button("explore_close_record")
+
+
+def _record_tabs(row: dict[str, str], fields: list[tuple[str, str]]) -> None:
+    """The fields as a table, each value in a block of its own to copy, and the JSON line."""
+    tab_fields, tab_copy, tab_json = st.tabs(["Fields", "Copy a value", "JSON"])
+    with tab_fields:
+        st.table(views.record_table(fields))
+    with tab_copy:
+        for name, value in fields:
+            st.caption(name)  # a field name of ours, never the log's
+            st.code(value, language=None, wrap_lines=True)
+    with tab_json:
+        st.caption("Byte for byte the record's line in a JSON Lines export (its newline aside).")
+        st.code(views.record_json(row).decode().rstrip("\n"), language="json", wrap_lines=True)
+
+
+def _close_button(key: str) -> None:
+    """Close the record panel (or the message standing in for it)."""
+    if st.button("Close record", key=key, icon=":material/close:"):
+        _open(None)
+        st.rerun()
+
+
+def _base_url() -> str | None:
+    """This page's address as the browser has it (None outside a browser session)."""
+    try:
+        url = st.context.url
+    except Exception:  # noqa: BLE001 - no browser context (AppTest)
+        return None
+    return url if isinstance(url, str) else None
+
+
+def _empty(who: Principal) -> None:
+    """An empty log (for this person): what to do next, and who can do it."""
+    where = (
+        "upload a JSON, JSON Lines or CSV file on the Ingest page, or on the server run "
+        "`python -m audit_core ingest FILE`"
+    )
+    if who.namespaces is None:
+        head = "The audit log is empty: no record has been loaded yet."
+    else:
+        head = "None of your namespaces holds a record yet."
+    if who.is_admin:
+        st.info(f"{head} To load records, {where}.", icon=":material/inbox:")
+        st.page_link("pages/ingest.py", label="Go to Ingest", icon=":material/upload_file:")
+    else:
+        st.info(f"{head} A portal admin loads records: they {where}.", icon=":material/inbox:")
 
 
 def _export(who: Principal, flt: AuditFilter, total: int) -> None:
@@ -281,9 +471,13 @@ def _export(who: Principal, flt: AuditFilter, total: int) -> None:
 
 who = common.frame()
 st.title("Explore")
+st.caption(INTRO)
 _restore()
+_follow_link()
 flt, typed = _filter_form(who)
+_warn(who, typed)
 _sync_url(typed)
+top = st.container()  # where a record opened by its link goes when the rows lack it
 if flt is None:
     st.stop()
 try:
@@ -300,13 +494,12 @@ if s.total == 0:
             icon=":material/filter_alt_off:",
         )
     else:
-        st.info(
-            "The audit log is empty (or holds nothing in your namespaces). An admin can load "
-            "a file on the Ingest page, or run `python -m audit_core demo --records 10000`.",
-            icon=":material/inbox:",
-        )
+        _empty(who)
+    _record_section(who, [], top)
     st.stop()
 _charts(who, flt, data)
-_preview(who, flt, data)
+rows = _preview(who, flt, data)
+_sync_url(typed)  # again: a selected row changed the open record
+_record_section(who, rows, top)
 if who.can_export:
     _export(who, flt, s.total)

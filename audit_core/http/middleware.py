@@ -25,21 +25,20 @@ MAX_HEADER_BYTES = 16 * 1024
 
 # Streamlit's index.html (1.67) has one inline script, `window.prerenderReady = false`;
 # it runs by this hash, every other script must come from the portal itself.
-# tests/test_security_headers.py recomputes it from the installed Streamlit.
+# A wrong hash blocks it: tests/e2e/test_content_security_policy.py sees the violation.
 STREAMLIT_INLINE_SCRIPT = "'sha256-THxz9J9+wf7rhwR2YkXJoSZ13UCmYyC+3lNDv2+8ugA='"
 # What Streamlit's page needs and no more (checked in headless Chromium with no violation,
 # tests/e2e/test_content_security_policy.py): its own scripts, WebAssembly compilation (not
 # eval: its protobuf bundle's Long.js tries a wasm module), the styles its components inject
 # inline, the websocket to itself, data:/blob: images, fonts and media (charts, icons,
-# downloads), and the one image Streamlit fetches from Google: the favicon it makes of a
-# `:material/...:` page icon (navigation.py). Nothing may frame it.
-MATERIAL_ICONS = "https://fonts.gstatic.com"
+# downloads). Nothing from another host: the favicon is an inline SVG (pages/common.py), as
+# Streamlit fetches a `:material/...:` page icon from Google's font CDN. Nothing may frame it.
 UI_POLICY = "; ".join(
     [
         "default-src 'self'",
         f"script-src 'self' {STREAMLIT_INLINE_SCRIPT} 'wasm-unsafe-eval'",
         "style-src 'self' 'unsafe-inline'",
-        f"img-src 'self' data: blob: {MATERIAL_ICONS}",
+        "img-src 'self' data: blob:",
         "font-src 'self' data:",
         "media-src 'self' data: blob:",
         "connect-src 'self'",
