@@ -10,15 +10,43 @@ from audit_core import access, jobs, views
 from audit_core.access import Principal
 from pages import common
 
+FLASH_KEY = "admin_flash"  # (section, Markdown message): the previous run's confirmation
+NEW_TOKEN_KEY = "admin_new_token"  # the plaintext of a token just created, for one run
+CONFIRMED = ":material/check_circle:"
 
-def _users(who: Principal) -> None:
+
+def _done(section: str, message: str) -> None:
+    """Confirm a change on the next run and start it: st.rerun() would lose a message now."""
+    st.session_state[FLASH_KEY] = (section, message)
+    st.rerun()
+
+
+def _confirmation(section: str) -> None:
+    """Show, once, the confirmation the previous run left for this section."""
+    flash = st.session_state.get(FLASH_KEY)
+    if not flash or flash[0] != section:
+        return
+    del st.session_state[FLASH_KEY]
+    st.toast(flash[1], icon=CONFIRMED)
+    st.success(flash[1], icon=CONFIRMED)
+
+
+def _refused(exc: Exception) -> None:
+    """A refusal stays on the page beside the form, whose input is kept (it may quote it)."""
+    st.error(views.md(str(exc)))
+
+
+def _list_users() -> list[access.UserInfo]:
+    """Every portal user, active or not (read once per run for both sections)."""
+    with common.ctx().engine.connect() as conn:
+        return access.list_users(conn)
+
+
+def _users(who: Principal, users: list[access.UserInfo]) -> None:
+    """The users and their grants; add, change or remove one."""
     ctx = common.ctx()
     st.subheader("Users and grants")
-    saved = st.session_state.pop("admin_saved_user", None)
-    if saved:  # kept across the rerun that shows the new list
-        st.success(saved)
-    with ctx.engine.connect() as conn:
-        users = access.list_users(conn)
+    _confirmation("users")
     if users:
         st.dataframe(views.users_frame(users), hide_index=True, width="stretch")
     else:
@@ -43,12 +71,10 @@ def _users(who: Principal) -> None:
                 ctx.engine, email, role, grants or "", who, settings=ctx.settings
             )
         except (access.UserError, access.AccessDeniedError) as exc:
-            st.error(views.md(str(exc)))
+            _refused(exc)
         else:
-            st.session_state["admin_saved_user"] = (
-                f"{views.code(info.email)} is now {views.md(info.role)} on {views.md(info.grants)}."
-            )
-            st.rerun()
+            before = next((u for u in users if u.email == info.email), None)
+            _done("users", views.user_saved_message(before, info))
     active = [u.email for u in users if u.active]
     if active:
         _pick_and_act(
@@ -57,20 +83,33 @@ def _users(who: Principal) -> None:
             "admin_remove",
             "choose a user",
             "Remove",
-            lambda email: access.remove_user(ctx.engine, email, who, settings=ctx.settings),
+            lambda email: views.user_removed_message(
+                access.remove_user(ctx.engine, email, who, settings=ctx.settings)
+            ),
+            "users",
         )
 
 
-def _tokens(who: Principal) -> None:
+def _new_token() -> None:
+    """The token created in the previous run, shown this once with a copy button."""
+    plaintext = st.session_state.pop(NEW_TOKEN_KEY, None)
+    if plaintext:
+        st.warning(views.TOKEN_SHOWN_ONCE, icon=":material/key:")
+        st.code(plaintext, language=None)  # st.code carries the copy button
+
+
+def _token_form(who: Principal, users: list[access.UserInfo]) -> None:
+    """Issue a token to an active portal user picked from the list."""
     ctx = common.ctx()
-    st.subheader("API tokens")
-    issued = st.session_state.pop("admin_new_token", None)
-    if issued:
-        st.success(f"Token for {views.code(issued[1])}: copy it now, it is shown only once.")
-        st.code(issued[0], language=None)
+    active = [u.email for u in users if u.active]
+    if not active:
+        st.caption("Tokens are issued to active portal users: add one above first.")
+        return
     with st.form("admin_token_form"):
         c_email, c_days = st.columns([3, 1])
-        email = c_email.text_input("Token for (email of an active user)", key="admin_token_email")
+        email = c_email.selectbox(
+            "Token for", active, index=None, key="admin_token_email", placeholder="choose a user"
+        )
         days = c_days.number_input(
             "Expires in days",
             min_value=1,
@@ -79,16 +118,29 @@ def _tokens(who: Principal) -> None:
             key="admin_token_days",
         )
         create = st.form_submit_button("Create token", type="primary")
-    if create:
-        try:
-            plaintext, info = access.create_token(
-                ctx.engine, email, who, expires_in_days=int(days), settings=ctx.settings
-            )
-        except (access.UserError, access.AccessDeniedError) as exc:
-            st.error(views.md(str(exc)))
-        else:
-            st.session_state["admin_new_token"] = (plaintext, info.email)
-            st.rerun()
+    if not create:
+        return
+    if email is None:
+        st.error("Choose the user the token is for.")
+        return
+    try:
+        plaintext, info = access.create_token(
+            ctx.engine, email, who, expires_in_days=int(days), settings=ctx.settings
+        )
+    except (access.UserError, access.AccessDeniedError) as exc:
+        _refused(exc)
+    else:
+        st.session_state[NEW_TOKEN_KEY] = plaintext
+        _done("tokens", views.token_created_message(info))
+
+
+def _tokens(who: Principal, users: list[access.UserInfo]) -> None:
+    """API tokens: the one just created (once), a form to issue one, the list, revoke."""
+    ctx = common.ctx()
+    st.subheader("API tokens")
+    _confirmation("tokens")
+    _new_token()
+    _token_form(who, users)
     with ctx.engine.connect() as conn:
         tokens = access.list_tokens(conn, who)
     if not tokens:
@@ -103,7 +155,10 @@ def _tokens(who: Principal) -> None:
             "admin_revoke",
             "choose a token prefix",
             "Revoke",
-            lambda prefix: access.revoke_token(ctx.engine, prefix, who, settings=ctx.settings),
+            lambda prefix: views.token_revoked_message(
+                access.revoke_token(ctx.engine, prefix, who, settings=ctx.settings)
+            ),
+            "tokens",
         )
 
 
@@ -113,9 +168,10 @@ def _pick_and_act(
     key: str,
     placeholder: str,
     button: str,
-    act: Callable[[str], object],
+    act: Callable[[str], str],
+    section: str,
 ) -> None:
-    """A picker with a button beside it; the library call's refusal shows as an error."""
+    """A picker with a button beside it: `act` returns the confirmation; a refusal stays."""
     c_pick, c_go = st.columns([4, 1])
     chosen = c_pick.selectbox(
         label, options, index=None, key=f"{key}_pick", placeholder=placeholder
@@ -123,11 +179,11 @@ def _pick_and_act(
     c_go.write("")
     if c_go.button(button, key=key, disabled=chosen is None):
         try:
-            act(chosen or "")
+            message = act(chosen or "")
         except (access.UserError, access.AccessDeniedError) as exc:
-            st.error(views.md(str(exc)))
+            _refused(exc)
         else:
-            st.rerun()
+            _done(section, message)
 
 
 def _settings(who: Principal) -> None:
@@ -166,6 +222,7 @@ def _settings(who: Principal) -> None:
 
 who = common.frame(admins_only=True)
 st.title("Admin")
-_users(who)
-_tokens(who)
+_people = _list_users()
+_users(who, _people)
+_tokens(who, _people)
 _settings(who)

@@ -13,6 +13,7 @@ from audit_core.http import links
 from pages import common
 
 REFRESH = timedelta(seconds=2)
+FLASH_KEY = "exports_flash"  # (kind, Markdown message) left by a cancel for the next run
 STATE_ICONS = {
     "queued": ":material/schedule:",
     "processing": ":material/sync:",
@@ -33,7 +34,51 @@ def _filters(who: Principal) -> tuple[str | None, str | None]:
     return (by.strip() or None), (None if state == "any" else state)
 
 
+def _cancel(job: jobs.JobInfo, who: Principal) -> None:
+    """Cancel a queued job and say so on the next run (st.rerun() would lose it now)."""
+    ctx = common.ctx()
+    try:
+        jobs.cancel(ctx.engine, job.job_id, who, ctx.settings)
+    except AuditError as exc:  # e.g. a worker claimed it first
+        st.session_state[FLASH_KEY] = ("warning", views.md(exc.message))
+    else:
+        st.session_state[FLASH_KEY] = ("success", f"Cancelled {views.code(job.job_id)}.")
+    st.rerun()
+
+
+def _confirmation() -> None:
+    """Show, once, what the previous run's cancel did."""
+    flash = st.session_state.pop(FLASH_KEY, None)
+    if flash is None:
+        return
+    kind, message = flash
+    if kind == "success":
+        st.toast(message, icon=":material/check_circle:")
+        st.success(message, icon=":material/check_circle:")
+    else:
+        st.warning(message)
+
+
+def _timeline(job: jobs.JobInfo) -> None:
+    """When it was requested, started and finished (UTC); progress while it is active.
+
+    The worker reports rows written at each lease heartbeat (AUDIT_WORKER_HEARTBEAT_SECONDS),
+    so a large job's bar moves every few seconds as the fragment redraws.
+    """
+    times = views.job_times(job)
+    if job.state not in jobs.ACTIVE:
+        elapsed = views.job_elapsed(job)
+        st.caption(views.md(f"{times} ({elapsed})" if elapsed else times))
+        return
+    st.caption(views.md(times))
+    value = views.progress(job.rows_written, job.estimated_records, job.state)
+    st.progress(value, text=views.md(views.job_progress_text(job)))
+    if job.state == "queued" and job.last_error:
+        st.caption(f"The last attempt failed and will be retried: {views.md(job.last_error)}")
+
+
 def _job(job: jobs.JobInfo, who: Principal) -> None:
+    """One job's card: what, for whom, when, its progress or result, and what can be done."""
     ctx = common.ctx()
     with st.container(border=True):
         head, action = st.columns([5, 1])
@@ -44,15 +89,9 @@ def _job(job: jobs.JobInfo, who: Principal) -> None:
             + (f" · requested by {views.code(job.requested_by)}" if who.is_admin else "")
         )
         head.caption(views.md(job.filter_text or "All records"))
-        if job.state in jobs.ACTIVE:
-            value = views.progress(job.rows_written, job.estimated_records, job.state)
-            st.progress(value, text=f"{job.rows_written:,} of {job.estimated_records:,} rows")
+        _timeline(job)
         if job.state == "queued" and action.button("Cancel", key=f"exports_cancel_{job.job_id}"):
-            try:
-                jobs.cancel(ctx.engine, job.job_id, who, ctx.settings)
-            except AuditError as exc:
-                st.warning(views.md(exc.message))
-            st.rerun()
+            _cancel(job, who)
         if job.state == "completed":
             left = views.time_left(job.expires_at)
             st.caption(
@@ -147,6 +186,7 @@ st.caption(
     "links are signed for you and last ten minutes."
 )
 by, state = _filters(who)
+_confirmation()
 with common.ctx().engine.connect() as _conn:
     _running = any(j.state in jobs.ACTIVE for j in jobs.list_for(_conn, who, limit=100))
 if _running:

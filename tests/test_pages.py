@@ -455,7 +455,7 @@ def test_admin_page_adds_a_user_and_shows_a_token_once(
     with engine.connect() as conn:
         users = {u.email: u for u in access.list_users(conn)}
     assert users["new@example.com"].namespaces == frozenset({"production", "staging"})
-    at.text_input(key="admin_token_email").set_value("new@example.com")
+    at.selectbox(key="admin_token_email").set_value("new@example.com")
     button(at, "Create token").click().run()
     no_exception(at)
     shown = [c.value for c in at.code]
@@ -680,7 +680,7 @@ def test_exports_and_admin_show_people_and_filters_literally(
     button(at, "Save user").click().run()
     assert_literal(at, LINKED_EMAIL.lower(), HOSTILE["namespace"])
     assert any(LINKED_EMAIL.lower() in rendered(s.value).text for s in at.success)
-    at.text_input(key="admin_token_email").set_value(LINKED_EMAIL.lower())
+    at.selectbox(key="admin_token_email").set_value(LINKED_EMAIL.lower())
     button(at, "Create token").click().run()
     assert any(LINKED_EMAIL.lower() in rendered(s.value).text for s in at.success)
     assert_literal(at, LINKED_EMAIL.lower())
