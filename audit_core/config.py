@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
@@ -52,6 +54,103 @@ def _origin(raw: str) -> str:
     return origin
 
 
+# S3's bucket naming rules (3-63 lowercase letters, digits, dots, hyphens; a letter or digit
+# at each end), and the key characters AWS calls safe, for the prefix.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_PREFIX = re.compile(r"[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*")
+
+
+@dataclass(frozen=True)
+class ObjectStore:
+    """Where job files go instead of the local folder: AUDIT_EXPORT_STORAGE=s3://bucket/prefix.
+
+    Credentials are never held here: the S3 client reads them itself (AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, shared config files, instance roles).
+    """
+
+    bucket: str
+    prefix: str = ""  # without leading or trailing '/'; "" puts files at the bucket's top
+    endpoint_url: str | None = None  # AUDIT_S3_ENDPOINT_URL; None: AWS itself
+    region: str | None = None  # AWS_REGION, else AWS_DEFAULT_REGION; None: the client's own
+
+    @property
+    def url(self) -> str:
+        """The setting as an operator writes it."""
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    def key(self, name: str) -> str:
+        """The object key of a job file."""
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+
+def _object_store(env: dict[str, str]) -> ObjectStore | None:
+    """Read AUDIT_EXPORT_STORAGE and AUDIT_S3_ENDPOINT_URL; None keeps files in the folder."""
+    raw = env.get("AUDIT_EXPORT_STORAGE", "").strip()
+    endpoint = _endpoint_url(env.get("AUDIT_S3_ENDPOINT_URL", "").strip())
+    if not raw:
+        if endpoint is not None:
+            raise ConfigError(
+                "AUDIT_S3_ENDPOINT_URL is set but AUDIT_EXPORT_STORAGE is not: set "
+                "AUDIT_EXPORT_STORAGE=s3://bucket/prefix as well, or unset AUDIT_S3_ENDPOINT_URL"
+            )
+        return None
+    scheme, sep, rest = raw.partition("://")
+    if scheme.lower() != "s3" or not sep or any(c in rest for c in "?#"):
+        raise ConfigError(
+            "AUDIT_EXPORT_STORAGE must be s3://bucket or s3://bucket/prefix (unset: files stay "
+            f"in AUDIT_EXPORT_DIR), got {raw!r}"
+        )
+    bucket, _, prefix = rest.partition("/")
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise ConfigError(
+            f"AUDIT_EXPORT_STORAGE: {bucket!r} is not an S3 bucket name (3 to 63 lowercase "
+            "letters, digits, dots and hyphens, a letter or digit at each end)"
+        )
+    prefix = prefix.strip("/")
+    if prefix and (not _PREFIX.fullmatch(prefix) or {".", ".."} & set(prefix.split("/"))):
+        raise ConfigError(
+            f"AUDIT_EXPORT_STORAGE: the prefix {prefix!r} may hold only letters, digits, "
+            "! _ . * ' ( ) - and single '/' between parts (no '.' or '..' parts)"
+        )
+    region = env.get("AWS_REGION", "").strip() or env.get("AWS_DEFAULT_REGION", "").strip()
+    return ObjectStore(bucket, prefix, endpoint, region or None)
+
+
+def _endpoint_url(raw: str) -> str | None:
+    """AUDIT_S3_ENDPOINT_URL: an http(s) URL of an S3-compatible server, or None."""
+    if not raw:
+        return None
+    if "@" in raw:  # never echoed: it may hold a password
+        raise ConfigError(
+            "AUDIT_S3_ENDPOINT_URL must not carry credentials: give them in "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        )
+    if not _is_server_url(raw):
+        raise ConfigError(
+            "AUDIT_S3_ENDPOINT_URL must be the http:// or https:// address of an S3 server, "
+            f"such as https://s3.example.com or http://127.0.0.1:8333, got {raw!r}"
+        )
+    return raw.rstrip("/")
+
+
+def _is_server_url(raw: str) -> bool:
+    """http(s)://host[:port][/], and nothing else: no credentials, path, query or fragment."""
+    try:
+        parts = urlsplit(raw)
+        port = parts.port  # raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and parts.username is None
+        and (port is None or port > 0)
+        and parts.path in ("", "/")
+        and not parts.query
+        and not parts.fragment
+    )
+
+
 @dataclass(frozen=True)
 class Timing:
     """How a worker paces itself (AUDIT_WORKER_*); tests use short leases."""
@@ -85,6 +184,8 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     database_configured: bool = False
     export_dir: Path = Path("data/exports")
+    # None: job files in export_dir (the embedded default); else in this bucket (storage.py)
+    export_storage: ObjectStore | None = None
     sync_export_limit: int = 10_000
     export_ttl_hours: int = 6
     self_namespace: str = "audit-portal"
@@ -101,6 +202,10 @@ class Settings:
     signing_key_file: Path | None = None  # None: data/signing.key, made at first start
     log_origin: str = "audit-export-portal"
     checkpoint_seconds: float = 300.0
+    # A folder the worker delivers the log to, in signed segments (audit_core.delivery),
+    # every delivery_seconds; None: no scheduled delivery.
+    delivery_dir: Path | None = None
+    delivery_seconds: float = 60.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -115,6 +220,7 @@ class Settings:
             database_url=url or DEFAULT_DATABASE_URL,
             database_configured=bool(url),
             export_dir=export_dir,
+            export_storage=_object_store(env),
             sync_export_limit=_int(env, "AUDIT_SYNC_EXPORT_LIMIT", 10_000),
             export_ttl_hours=_int(env, "AUDIT_EXPORT_TTL_HOURS", 6),
             self_namespace=env.get("AUDIT_SELF_NAMESPACE", "") or "audit-portal",
@@ -130,6 +236,8 @@ class Settings:
             else None,
             log_origin=_origin(env.get("AUDIT_LOG_ORIGIN", "")),
             checkpoint_seconds=_seconds(env, "AUDIT_CHECKPOINT_SECONDS", 300.0),
+            delivery_dir=Path(folder) if (folder := env.get("AUDIT_DELIVERY_DIR")) else None,
+            delivery_seconds=_seconds(env, "AUDIT_DELIVERY_SECONDS", 60.0),
         )
 
     @property

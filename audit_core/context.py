@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
-from . import evidence, store
+from . import evidence, storage, store
 from .config import Settings
 from .db import make_engine, migrate, refresh_statistics
 from .errors import AuditError, ConfigError
@@ -42,9 +42,10 @@ def build(settings: Settings, *, local_mode: bool = False) -> Context:
     """Open and migrate the database; seed demo data only when none is configured and empty.
 
     A setting the portal cannot use raises ConfigError naming it (the export folder, the
-    signing key, the database), so each face can say so in one line.
+    bucket, the signing key, the database), so each face can say so in one line.
     """
     check_export_dir(settings)
+    storage.open_storage(settings).check()
     signer = evidence.load_signer(settings)
     with database_errors(settings):
         engine = make_engine(settings.database_url)

@@ -117,17 +117,24 @@ def read_head(conn: Connection) -> Head:
     return Head(int(row.tree_size or 0), root, row.signed_head)
 
 
-def check_head(conn: Connection, head: Head) -> None:
+def check_head(conn: Connection, head: Head, new_size: int | None = None) -> bytes | None:
     """Refuse to extend a tree that no longer has the root its newest signed head names.
 
     O(log n): the root at the signed size is recomputed from the stored subtrees and the
     records of the last partial tile. A tree cut or rewritten below the signed size fails.
+    With `new_size` (an append's rows already in, same transaction), the new tree's root
+    is computed in the same pass and returned, for advance_head.
     """
     if head.note is None:
-        return
+        return None if new_size is None else tree.root(conn, new_size)
     _, size, root = note_head(head.note)
+    new_root = None
     try:
-        intact = size <= head.size and tree.root(conn, size) == root
+        if new_size is None:
+            intact = size <= head.size and tree.root(conn, size) == root
+        else:
+            old_root, new_root = tree.roots(conn, [size, new_size])
+            intact = size <= head.size and old_root == root
     except LookupError:  # leaves the signed tree holds are gone from the log
         intact = False
     if not intact:
@@ -135,11 +142,12 @@ def check_head(conn: Connection, head: Head) -> None:
             f"the log no longer matches its signed head (size {size}): nothing was appended; "
             "run `python -m audit_core verify`"
         )
+    return new_root
 
 
-def advance_head(conn: Connection, size: int) -> None:
+def advance_head(conn: Connection, size: int, root: bytes | None = None) -> None:
     """Record the tree's new size and root, and sign them when a signer is attached."""
-    root = tree.root(conn, size)
+    root = tree.root(conn, size) if root is None else root
     values: dict[str, Any] = {"tree_size": size, "tree_root": root}
     signer = signer_for(conn)
     if signer is not None:
@@ -270,8 +278,11 @@ def sign_manifest(
     file_name: str,
     file_bytes: int,
     file_sha256: str,
+    leaves: tuple[int, int] | None = None,
 ) -> SignedManifest:
     """Sign an export's manifest at its snapshot, chained to the previous one, and keep it.
+
+    `leaves` (first, last): a delivery segment's leaf range, kept in its `records`.
 
     The caller holds the log's append lock (store.lock_head), so manifests chain in
     signing order.
@@ -295,6 +306,7 @@ def sign_manifest(
         file_bytes=file_bytes,
         file_sha256=file_sha256,
         previous_manifest=previous,
+        leaves=leaves,
     )
     signature = signing.sign_bytes(signer.key, manifest)
     digest = signing.manifest_digest(manifest)

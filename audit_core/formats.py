@@ -36,9 +36,20 @@ def restore(cell: str) -> str:
     return cell[1:] if cell.startswith("'") else cell
 
 
-def filename(fmt: str, when: datetime, compression: str = "none") -> str:
-    name = f"audit-export-{when:%Y%m%d}.{EXTENSIONS[fmt]}"
+def filename(fmt: str, when: datetime, compression: str = "none", tag: str = "") -> str:
+    """The seed's name, audit-export-YYYYMMDD.<ext>, with `tag` (what tells this file from
+    the day's others: a job's number, a download's range) after the date when given."""
+    stem = f"audit-export-{when:%Y%m%d}" + (f"-{tag}" if tag else "")
+    name = f"{stem}.{EXTENSIONS[fmt]}"
     return name + ".gz" if compression == "gzip" else name
+
+
+def range_tag(start: datetime | None, end: datetime | None) -> str:
+    """A file-name part for a time range: 20260301T0000Z-20260319T1600Z (start or end open:
+    'start' / 'now')."""
+    first = "start" if start is None else f"{start:%Y%m%dT%H%M}Z"
+    last = "now" if end is None else f"{end:%Y%m%dT%H%M}Z"
+    return f"{first}-{last}"
 
 
 def _safe_row(row: Row) -> list[str]:

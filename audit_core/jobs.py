@@ -271,7 +271,8 @@ def cancel(engine: Engine, job_id: str, who: Principal, settings: Settings) -> J
 
 
 def file_path(settings: Settings, job: JobInfo) -> Path:
-    """Where the job's finished file lives; the name comes from the job id alone."""
+    """Where the job's finished file lives in the export folder (local storage); the name
+    comes from the job id alone. In a bucket the same name is the object's (storage.py)."""
     return settings.export_dir / file_name(job.job_id, job.format, job.compression)
 
 
@@ -307,9 +308,14 @@ def seconds_left(
 def retry_after(
     job: JobInfo, now: datetime | None = None, *, retry_at: datetime | None = None
 ) -> int:
-    """The Retry-After to send a poller of an active job: seconds_left, rounded up, >= 1."""
+    """The Retry-After to send a poller of an active job: seconds_left in whole seconds.
+
+    Rounded down (at least 1): a poller back a little early for its file is held by the
+    download route until the job is done (http.routes LONG_POLL_SECONDS), while one sent
+    away for a whole extra second would just wait.
+    """
     left = seconds_left(job, now, retry_at=retry_at)
-    return max(1, min(math.ceil(left), MAX_RETRY_AFTER))
+    return max(1, min(math.floor(left + 1e-9), MAX_RETRY_AFTER))
 
 
 def _aware(value: datetime) -> datetime:

@@ -71,6 +71,13 @@ def root(source: NodeSource, size: int) -> bytes:
     return subtree(source, 0, size)
 
 
+def roots(source: NodeSource, sizes: Sequence[int]) -> list[bytes]:
+    """The roots at several tree sizes, sharing one nodes() read and their leaf reads."""
+    if any(size < 0 for size in sizes):
+        raise ValueError(f"bad tree sizes {list(sizes)}")
+    return _hash_ranges(source, [(0, size) for size in sizes])
+
+
 def inclusion_path(source: NodeSource, index: int, size: int) -> list[bytes]:
     """Return PATH(index, D[0:size]) of RFC 9162 §2.1.3.1."""
     if not 0 <= index < size:

@@ -3,6 +3,7 @@
 
     python offline_verify.py FILE --key portal.pub.pem|keys.json [--manifest M] [--sig S]
                              [--proofs P] [--checkpoint C --consistency-proof F]
+    python offline_verify.py --segments DIR --key portal.pub.pem|keys.json
 
 M defaults to FILE.manifest.json and S to FILE.manifest.sig. Each check prints one line,
 "ok <check>: <reason>" or "FAIL <check>: <reason>", in this order: manifest signature,
@@ -919,6 +920,111 @@ def verify_bundle(
     )
 
 
+# --- a folder of delivered segments ---------------------------------------------------------
+
+SEGMENT_RE = re.compile(r"^log-(\d+)-(\d+)\.jsonl\.gz$")
+
+
+def merkle_root(leaves: Sequence[bytes]) -> bytes:
+    """RFC 9162 MTH over leaf hashes (the tree splits at the largest power of two < n)."""
+    if not leaves:
+        return _sha256(b"")
+
+    def mth(lo: int, hi: int) -> bytes:
+        if hi - lo == 1:
+            return leaves[lo]
+        k = 1 << ((hi - lo - 1).bit_length() - 1)
+        return node_hash(mth(lo, lo + k), mth(lo + k, hi))
+
+    return mth(0, len(leaves))
+
+
+def _segments(folder: Path) -> list[tuple[int, int, Path]]:
+    if not folder.is_dir():
+        raise UnusableInputError(f"{folder} is not a folder")
+    found = []
+    for path in folder.iterdir():
+        m = SEGMENT_RE.match(path.name)
+        if m:
+            found.append((int(m.group(1)), int(m.group(2)), path))
+    if not found:
+        raise UnusableInputError(f"{folder} holds no segment named log-<first>-<last>.jsonl.gz")
+    return sorted(found)
+
+
+def _segment_leaves(path: Path) -> list[bytes]:
+    """The leaf hashes of a segment's records, in order (their checksums were checked)."""
+    with gzip.open(path, "rb") as fh:
+        return [
+            leaf_hash(bytes.fromhex(_loads(line)["checksum"].removeprefix("sha256:")))
+            for line in fh
+            if line.strip()
+        ]
+
+
+def _segment_range(manifest_path: Path) -> tuple[Any, Any, Any]:
+    doc = _loads(_read_bytes(manifest_path, "manifest"))
+    records = doc.get("records") if isinstance(doc, dict) else None
+    if not isinstance(records, dict):
+        return None, None, None
+    tree = (
+        doc.get("snapshot", {}).get("treeSize") if isinstance(doc.get("snapshot"), dict) else None
+    )
+    return records.get("firstLeaf"), records.get("lastLeaf"), tree
+
+
+def iter_segment_checks(folder: Path | str, key_path: Path | str) -> Iterator[Check]:
+    """Check a delivery folder: each segment as a bundle, their leaf ranges contiguous with
+    no gap and no duplicate, and (when they start at leaf 0) the Merkle root of every
+    leaf against the last segment's signed snapshot. Ends at the first failure."""
+    segments = _segments(Path(folder))
+    expected = segments[0][0]
+    leaves: list[bytes] = []
+    root = size = None
+    for first, last, path in segments:
+        if first != expected:
+            what = "a gap" if first > expected else "an overlap or a duplicate"
+            yield _fail(
+                "segments contiguous",
+                f"{path.name} starts at leaf {first}, expected {expected}: {what}",
+            )
+            return
+        for check in iter_checks(path, None, None, key_path):
+            yield Check(f"{path.name}: {check.name}", check.ok, check.reason)
+            if not check.ok:
+                return
+        manifest_path = Path(f"{path}.manifest.json")
+        got = _segment_range(manifest_path)
+        if got[:2] != (first, last) or got[2] != last + 1:
+            yield _fail(
+                f"{path.name}: leaf range",
+                f"its manifest says leaves {got[0]}-{got[1]} "
+                f"at tree size {got[2]}, its name {first}-{last}",
+            )
+            return
+        yield _ok(f"{path.name}: leaf range", f"leaves {first}-{last}, signed")
+        if segments[0][0] == 0:
+            leaves.extend(_segment_leaves(path))
+        root = parse_manifest(_read_bytes(manifest_path, "manifest")).root_hash
+        size = last + 1
+        expected = last + 1
+    start = segments[0][0]
+    yield _ok(
+        "segments contiguous",
+        f"{len(segments)} segment(s) cover leaves {start}-{expected - 1}, no gap, no duplicate",
+    )
+    if start != 0:
+        yield _ok("segments tree", f"not checked: the first segment starts at leaf {start}")
+        return
+    if len(leaves) != size or merkle_root(leaves) != root:
+        yield _fail(
+            "segments tree",
+            f"the {len(leaves)} leaves do not hash to the signed root of the tree of {size}",
+        )
+        return
+    yield _ok("segments tree", f"the {size} leaves hash to the signed root of that tree")
+
+
 # --- command line ----------------------------------------------------------------------------
 
 
@@ -933,7 +1039,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="offline_verify.py",
         description="Check a signed audit export offline with the portal's public key.",
     )
-    p.add_argument("file", type=Path, help="the exported file (.csv, .json, .jsonl, maybe .gz)")
+    p.add_argument(
+        "file", type=Path, nargs="?", help="the exported file (.csv, .json, .jsonl, maybe .gz)"
+    )
+    p.add_argument("--segments", type=Path, metavar="DIR", help="check a delivery folder instead")
     p.add_argument("--manifest", type=Path, help="default: FILE.manifest.json")
     p.add_argument("--sig", type=Path, help="default: FILE.manifest.sig")
     p.add_argument("--key", type=Path, required=True, help="portal.pub.pem or keys.json (JWKS)")
@@ -948,15 +1057,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(errors="backslashreplace")  # odd bytes in a file never crash us
+    if (args.file is None) == (args.segments is None):
+        print("offline_verify: give FILE or --segments DIR (one of them)", file=sys.stderr)
+        return 2
     try:
-        checks = iter_checks(
-            args.file,
-            args.manifest,
-            args.sig,
-            args.key,
-            args.proofs,
-            args.checkpoint,
-            args.consistency_proof,
+        checks = (
+            iter_segment_checks(args.segments, args.key)
+            if args.segments
+            else iter_checks(
+                args.file,
+                args.manifest,
+                args.sig,
+                args.key,
+                args.proofs,
+                args.checkpoint,
+                args.consistency_proof,
+            )
         )
         for check in checks:
             print(check.line(), flush=True)

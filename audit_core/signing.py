@@ -226,8 +226,13 @@ def build_manifest(
     file_bytes: int,
     file_sha256: str,
     previous_manifest: str | None,
+    leaves: tuple[int, int] | None = None,
 ) -> bytes:
-    """Return the canonical JSON bytes of an export manifest, exactly the DESIGN's keys."""
+    """Return the canonical JSON bytes of an export manifest, exactly the DESIGN's keys.
+
+    A delivery segment's manifest also carries its leaf range: `records.firstLeaf` and
+    `records.lastLeaf` (`leaves`), and its snapshot is the tree of lastLeaf + 1 leaves.
+    """
     _exact_keys("requestedBy", requested_by, REQUESTED_BY_KEYS)
     _exact_keys("query", query, QUERY_KEYS)
     if requested_by["channel"] not in CHANNELS:
@@ -238,6 +243,8 @@ def build_manifest(
         raise ValueError("previousManifest must be 64 lowercase hex digits or None")
     if count < 0 or file_bytes < 0 or (count == 0) != (first_id is None and last_id is None):
         raise ValueError("records: a count of 0 has no first or last id, any other count has")
+    if leaves is not None and (leaves[1] - leaves[0] + 1 != count or tree_size != leaves[1] + 1):
+        raise ValueError("a segment holds leaves firstLeaf..lastLeaf at the tree of lastLeaf + 1")
     root_b64 = base64.b64encode(root_hash).decode("ascii")
     _check_note_head(checkpoint, tree_size, root_b64)
     manifest = {
@@ -249,7 +256,8 @@ def build_manifest(
         "query": {k: _plain(query[k]) for k in QUERY_KEYS},
         "snapshot": {"treeSize": tree_size, "rootHash": root_b64},
         "checkpoint": checkpoint,
-        "records": {"count": count, "firstId": first_id, "lastId": last_id},
+        "records": {"count": count, "firstId": first_id, "lastId": last_id}
+        | ({} if leaves is None else {"firstLeaf": leaves[0], "lastLeaf": leaves[1]}),
         "file": {"name": os.path.basename(file_name), "bytes": file_bytes, "sha256": file_sha256},
         "previousManifest": previous_manifest,
     }

@@ -107,7 +107,6 @@ def append(conn: Connection, records: Iterable[Record]) -> int:
     """
     last_seq, last_hash = lock_head(conn)
     head = evidence.read_head(conn)
-    evidence.check_head(conn, head)
     size = head.size
     added = 0
     batch: list[Record] = []
@@ -136,17 +135,24 @@ def append(conn: Connection, records: Iterable[Record]) -> int:
             added += len(rows)
         batch.clear()
 
-    for record in records:
-        batch.append(record)
-        if len(batch) >= INSERT_BATCH:
-            flush()
-    flush()
+    try:
+        for record in records:
+            batch.append(record)
+            if len(batch) >= INSERT_BATCH:
+                flush()
+        flush()
+    except LookupError:  # extending a tree whose stored part is gone: say it as a tamper
+        evidence.check_head(conn, head)
+        raise
+    # The signed head is checked against the tree once the rows are in (still this
+    # transaction: a refusal rolls everything back), in one pass with the new root.
+    new_root = evidence.check_head(conn, head, size if added else None)
     if added:
         last_seq = conn.execute(select(func.max(T.c.seq))).scalar() or 0
         conn.execute(
             update(HEAD).where(HEAD.c.id == 1).values(last_seq=last_seq, last_hash=last_hash)
         )
-        evidence.advance_head(conn, size)
+        evidence.advance_head(conn, size, new_root)
     return added
 
 

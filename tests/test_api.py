@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -714,3 +715,23 @@ def test_api_answers_are_never_compressed_and_say_nothing_varies(api: Api) -> No
     assert resp.status_code == 200 and len(resp.content) > 2000
     assert "content-encoding" not in resp.headers
     assert "vary" not in resp.headers
+
+
+def test_a_download_asked_for_a_job_nearly_done_waits_for_it(api: Api) -> None:
+    add(api.engine, LIMIT + 25)
+    queued = api.get("/audit/export", api.admin, format="csv", to=TO)
+    assert queued.status_code == 202
+    job_id = queued.json()["metadata"]["jobId"]
+    assert queued.headers["retry-after"] == "1"  # 75 rows: well under a second
+    # The worker starts only after the download was asked for: without the wait, a 202.
+    workers: list[Any] = []
+    starter = threading.Timer(0.3, lambda: workers.append(worker.start_in_process(api.ctx)))
+    starter.start()
+    try:
+        got = api.get(f"/audit/export/download/{job_id}", api.admin)
+    finally:
+        starter.join()
+        for w in workers:
+            w.stop()
+    assert got.status_code == 200, got.text
+    assert got.content == library_bytes(api.engine, "csv", to=TO)

@@ -16,6 +16,7 @@ from audit_core.formats import (
     json_chunks,
     jsonl_chunks,
     neutralise,
+    range_tag,
     restore,
 )
 from audit_core.record import FIELDS
@@ -165,3 +166,14 @@ def test_json_and_jsonl_carry_raw_values() -> None:
 )
 def test_file_names_follow_the_seed(fmt: str, comp: str, name: str) -> None:
     assert filename(fmt, datetime(2026, 3, 19, 16, tzinfo=UTC), comp) == name
+
+
+def test_a_tag_tells_the_days_files_apart() -> None:
+    when = datetime(2026, 3, 19, 16, tzinfo=UTC)
+    assert filename("csv", when, tag="007") == "audit-export-20260319-007.csv"
+    start, end = datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 19, 16, 30, tzinfo=UTC)
+    assert range_tag(start, end) == "20260301T0000Z-20260319T1630Z"
+    assert range_tag(None, end) == "start-20260319T1630Z"
+    assert range_tag(start, None) == "20260301T0000Z-now"
+    tagged = filename("jsonl", when, "gzip", tag=range_tag(start, end))
+    assert tagged == "audit-export-20260319-20260301T0000Z-20260319T1630Z.jsonl.gz"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import Engine, func, select
@@ -154,8 +154,7 @@ def test_cancel_refuses_strangers_and_finished_jobs(engine: Engine, settings: Se
 def test_document_is_the_seed_body_with_progress_after(engine: Engine, settings: Settings) -> None:
     add_demo(engine, 50)
     job = queue(engine, settings)
-    later = NOW + timedelta(minutes=30)
-    body = documents.job_document(job, now=later)
+    body = documents.job_document(job)
     assert list(body) == ["apiVersion", "kind", "metadata", "status"]
     assert body["apiVersion"] == "v1" and body["kind"] == "AuditExportJob"
     assert body["metadata"] == {"jobId": job.job_id}
@@ -163,8 +162,9 @@ def test_document_is_the_seed_body_with_progress_after(engine: Engine, settings:
     assert body["status"]["state"] == "queued"
     assert body["status"]["estimatedRecords"] == job.estimated_records
     assert body["status"]["downloadUrl"] == f"/api/v1/audit/export/download/{job.job_id}"
-    # Not finished: at least the TTL from now.
-    assert body["status"]["expiresAt"] == "2026-11-26T18:30:00Z"
+    # Not finished: the queue time plus the TTL, the same on every poll.
+    assert body["status"]["expiresAt"] == "2026-11-26T18:00:00Z"
+    assert documents.job_document(job)["status"]["expiresAt"] == body["status"]["expiresAt"]
     assert body["status"]["rowsWritten"] == 0
 
     done = replace(
@@ -174,7 +174,7 @@ def test_document_is_the_seed_body_with_progress_after(engine: Engine, settings:
         file_size=10,
         file_sha256="ab" * 32,
     )
-    status = documents.job_document(done, now=later)["status"]
+    status = documents.job_document(done)["status"]
     assert status["expiresAt"] == "2026-11-26T19:00:00Z"
     assert (status["fileSize"], status["sha256"]) == (10, "ab" * 32)
     failed = replace(job, state="failed", last_error="boom")
@@ -197,6 +197,7 @@ def test_file_path_comes_from_the_job_id(
     add_demo(engine, 20)
     job = queue(engine, settings, fmt=fmt, compression=compression)
     assert jobs.file_path(settings, job) == settings.export_dir / name
-    assert documents.download_name(job) == "audit-export-20261126." + name.split(".", 1)[1]
+    # The seed's name plus the job's number that day: two jobs' files never share a name.
+    assert documents.download_name(job) == "audit-export-20261126-001." + name.split(".", 1)[1]
     with pytest.raises(ValueError):
         jobs.file_path(settings, replace(job, job_id="../../etc/passwd"))

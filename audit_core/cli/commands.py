@@ -1,4 +1,4 @@
-"""The log's commands: init, demo, ingest, export, verify."""
+"""The log's commands: init, demo, ingest, export, deliver, verify."""
 
 from __future__ import annotations
 
@@ -238,8 +238,39 @@ class _source:  # noqa: N801 - used as a context manager
             self.tmp.close()
 
 
+def cmd_deliver(args: argparse.Namespace, settings: Settings) -> int:
+    """Deliver the log's new leaves to a folder as signed segments (once, or --every N s)."""
+    import signal
+    import threading
+
+    from .. import delivery
+    from .common import cli_principal
+
+    engine = open_engine(settings)
+    evidence.require_signer(engine)
+    folder = Path(args.to)
+    stop = threading.Event()
+    if args.every is not None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    while True:
+        for seg in delivery.deliver(
+            engine, folder, cli_principal(), settings, max_records=args.max_records
+        ):
+            print(f"{folder / seg.name}: leaves {seg.first}-{seg.last}", file=sys.stderr)
+        if args.every is None or stop.wait(args.every):
+            return 0
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text.removesuffix("s"))
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be a positive number of seconds, e.g. 60s")
+    return value
+
+
 def register(sub: Any) -> None:
-    """Add `init`, `demo`, `ingest`, `export` and `verify`."""
+    """Add `init`, `demo`, `ingest`, `export`, `deliver` and `verify`."""
     sub.add_parser("init", help="create or migrate the database").set_defaults(func=cmd_init)
 
     d = sub.add_parser("demo", help="add generated demo records")
@@ -269,6 +300,16 @@ def register(sub: Any) -> None:
         "--no-manifest", action="store_true", help="write no signed manifest and signature"
     )
     e.set_defaults(func=cmd_export)
+
+    dl = sub.add_parser("deliver", help="deliver the log to a folder as signed segments")
+    dl.add_argument("--to", required=True, metavar="DIR", help="the folder to deliver to")
+    dl.add_argument(
+        "--every", type=_positive_seconds, metavar="SECONDS", help="keep delivering (60s, 300)"
+    )
+    dl.add_argument(
+        "--max-records", type=int, default=100_000, help="leaves per segment (default 100000)"
+    )
+    dl.set_defaults(func=cmd_deliver)
 
     v = sub.add_parser("verify", help="check checksums, the hash chain and the day counts")
     v.add_argument(

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import UsageError
+from ..storage import open_storage
 from ..worker import WorkerThreads
 from .common import open_engine
 
@@ -20,6 +21,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     if args.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(threadName)s %(message)s")
+    # boto3 (object storage) logs each credential lookup at INFO: keep the log to the jobs.
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+    open_storage(settings).check()  # a bucket it cannot use: one line now, not per job
     engine = open_engine(settings)
     threads = WorkerThreads(engine, settings, concurrency=args.concurrency)
 

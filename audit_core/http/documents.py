@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from starlette.responses import JSONResponse
@@ -52,9 +52,7 @@ def error_response(
     return JSONResponse(status_body(code, reason, message), code, headers=headers)
 
 
-def job_document(
-    job: JobInfo, now: datetime | None = None, *, retry_at: datetime | None = None
-) -> dict[str, Any]:
+def job_document(job: JobInfo, *, retry_at: datetime | None = None) -> dict[str, Any]:
     """The seed's AuditExportJob body, with progress fields after the seed's own.
 
     A job queued again after a failed attempt says so at once: `error` is that attempt's
@@ -64,7 +62,7 @@ def job_document(
         "state": job.state,
         "estimatedRecords": job.estimated_records,
         "downloadUrl": DOWNLOAD_URL.format(job_id=job.job_id),
-        "expiresAt": _expires_text(job, now),
+        "expiresAt": expires_text(job),
         "rowsWritten": job.rows_written,
         "attempts": job.attempts,
         "maxAttempts": MAX_ATTEMPTS,
@@ -84,18 +82,22 @@ def job_document(
     }
 
 
-def _expires_text(job: JobInfo, now: datetime | None) -> str | None:
+def expires_text(job: JobInfo) -> str | None:
+    """The job's `expiresAt`: the stored instant, written like every instant of the API.
+
+    Until the job completes that is its queue time plus the TTL, the earliest its file can
+    expire (the file is kept the TTL after completion), so polls of an unfinished job all
+    read the same value; completion sets the real expiry, once. None when no file will
+    ever exist (a failed or cancelled job).
+    """
     if job.expires_at is None or job.state in (JobState.FAILED, JobState.CANCELLED):
-        return None  # no file will ever exist
-    if job.state in (JobState.COMPLETED, JobState.EXPIRED):
-        return format_instant(job.expires_at)
-    # Not finished yet: the file will live at least TTL from now. The stored estimate is
-    # created_at + TTL, so the job carries the TTL it was queued under.
-    ttl = job.expires_at - job.created_at
-    now = now or datetime.now(UTC)
-    return format_instant(max(job.expires_at, now + ttl).replace(microsecond=0))
+        return None
+    return format_instant(job.expires_at)
 
 
 def download_name(job: JobInfo) -> str:
-    """The attachment name offered to the browser: audit-export-YYYYMMDD.<ext>[.gz]."""
-    return filename(job.format, job.created_at, job.compression)
+    """The attachment name of a job's file: the seed's name with the job's number of that
+    day, audit-export-YYYYMMDD-NNN.<ext>[.gz] (export-YYYYMMDD-NNN), so two jobs' files
+    never share a name."""
+    number = job.job_id.rsplit("-", 1)[-1]
+    return filename(job.format, job.created_at, job.compression, tag=number)

@@ -10,12 +10,29 @@ from __future__ import annotations
 from typing import Any
 
 from ..filters import FORMATS, MAX_PARAM
+from ..formats import FORMULA_LEAD
 from ..jobs import JOB_ID_PATTERN, STATES
-from ..record import FIELDS
+from ..record import CHECKED_FIELDS, DEFAULT_MAX, FIELDS, FREE_TEXT, MAX_FIELD
 from .documents import DOWNLOAD_PATH, JOB_PATH, MANIFEST_PATH, PREFIX
 
-INSTANT_EXAMPLE = "2026-03-01T00:00:00Z"
+# The seed's own window: every example must be a request the API accepts (from < to).
+FROM_EXAMPLE = "2026-03-01T00:00:00Z"
+TO_EXAMPLE = "2026-03-19T16:00:00Z"
 NO_CONTROL = "^[^\\x00-\\x1f\\x7f]*$"  # the filter refuses control characters
+# Exactly what record.format_instant writes: UTC, Z, a fraction only when not zero (and
+# without trailing zeros). Never `format: date-time`: a generated client would parse the
+# text into a datetime and write it back differently, and a checksum covers the text.
+INSTANT_PATTERN = "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{0,5}[1-9])?Z$"
+_CONTROL_NAMES = {"\t": "TAB", "\r": "CR", "\n": "LF"}
+FORMULA_RULE = (
+    "In CSV, a cell of a free-text field ("
+    + ", ".join(FREE_TEXT)
+    + ") that starts with "
+    + " ".join(_CONTROL_NAMES.get(c, c) for c in FORMULA_LEAD)
+    + " is written with one ' before it, so a spreadsheet does not run it as a formula; "
+    "ingesting a CSV file removes one leading ' from every free-text cell that has one. "
+    "JSON and JSON Lines carry the values as stored; the checksum covers the stored value."
+)
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -64,11 +81,30 @@ _COMMON_ERRORS = {
 }
 
 
+def instant(description: str, *, nullable: bool = False) -> dict[str, Any]:
+    """The schema of an instant the API writes: a string in format_instant's exact form."""
+    kind: str | list[str] = ["string", "null"] if nullable else "string"
+    return {"type": kind, "pattern": INSTANT_PATTERN, "description": description}
+
+
 def _record_schema() -> dict[str, Any]:
-    props = {f: {"type": "string"} for f in FIELDS}
-    props["timestamp"] = {"type": "string", "format": "date-time"}
+    """AuditRecord: the seed's fields, each as long as ingest lets it be (record.MAX_FIELD)."""
+    props: dict[str, Any] = {
+        f: {"type": "string", "maxLength": MAX_FIELD.get(f, DEFAULT_MAX)} for f in CHECKED_FIELDS
+    }
+    props["timestamp"] = {
+        **instant("UTC, as the checksum covers it: keep the text, do not re-format it."),
+        "maxLength": MAX_FIELD.get("timestamp", DEFAULT_MAX),
+    }
     props["checksum"] = {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"}
-    return {"type": "object", "required": list(FIELDS), "properties": props}
+    for f in FREE_TEXT:
+        props[f]["description"] = "Free text: in CSV, see AuditRecord's formula rule."
+    return {
+        "type": "object",
+        "description": "One audit record. " + FORMULA_RULE,
+        "required": list(FIELDS),
+        "properties": props,
+    }
 
 
 def document() -> dict[str, Any]:
@@ -79,7 +115,7 @@ def document() -> dict[str, Any]:
             "in": "query",
             "required": False,
             "description": "Export format: csv (default), json (the AuditExport envelope) "
-            "or jsonl (JSON Lines, one record per line).",
+            "or jsonl (JSON Lines, one record per line). " + FORMULA_RULE,
             "schema": {"type": "string", "enum": list(FORMATS), "default": "csv"},
         },
         {
@@ -88,7 +124,7 @@ def document() -> dict[str, Any]:
             "required": False,
             "description": "Start instant, ISO 8601, inclusive (a date alone means 00:00:00Z). "
             "Default: the earliest record.",
-            "schema": {"type": "string", "format": "date-time", "example": INSTANT_EXAMPLE},
+            "schema": {"type": "string", "format": "date-time", "example": FROM_EXAMPLE},
         },
         {
             "name": "to",
@@ -96,7 +132,7 @@ def document() -> dict[str, Any]:
             "required": False,
             "description": "End instant, ISO 8601, exclusive; must be later than from. "
             "Default: now.",
-            "schema": {"type": "string", "format": "date-time", "example": INSTANT_EXAMPLE},
+            "schema": {"type": "string", "format": "date-time", "example": TO_EXAMPLE},
         },
         _text_param(
             "action",
@@ -108,9 +144,9 @@ def document() -> dict[str, Any]:
             "Filter by namespace: exact; comma list; must lie within the token's grants.",
         ),
     ]
-    file_content = {
-        "text/csv; charset=utf-8": {"schema": {"type": "string"}},
+    file_content = {  # application/json first: generated clients take the first
         "application/json": {"schema": _ref("AuditExport")},
+        "text/csv; charset=utf-8": {"schema": {"type": "string"}},
         "application/x-ndjson": {"schema": {"type": "string"}},
     }
     job_content = {"application/json": {"schema": _ref("AuditExportJob")}}
@@ -193,69 +229,7 @@ def document() -> dict[str, Any]:
                 }
             },
             DOWNLOAD_PATH.replace("{job_id}", "{jobId}"): {
-                "get": {
-                    "operationId": "downloadExport",
-                    "summary": "Download an export job's file",
-                    "description": "Streams the finished file. While the job is not finished "
-                    "the answer is 202 with the job document and Retry-After, so a script may "
-                    "poll this URL. Portal links carry a short-lived signature in `sig` "
-                    "instead of a bearer token. Every download is audited.",
-                    "tags": ["Audit"],
-                    "parameters": [
-                        _job_id_param(),
-                        {
-                            "name": "sig",
-                            "in": "query",
-                            "required": False,
-                            "description": "A portal-signed download link's signature.",
-                            "schema": {"type": "string", "minLength": 1, "maxLength": MAX_PARAM},
-                        },
-                    ],
-                    "security": [{"bearerAuth": []}, {"signedLink": []}],
-                    "responses": {
-                        "200": {
-                            "description": "The file.",
-                            "headers": {
-                                "Content-Length": _header("The file's size in bytes.", "integer"),
-                                "Content-Disposition": {
-                                    "$ref": "#/components/headers/Content-Disposition"
-                                },
-                                "ETag": {
-                                    "description": 'The file\'s SHA-256: "sha256-<hex>".',
-                                    "schema": {"type": "string"},
-                                },
-                                "Repr-Digest": _header("RFC 9530: sha-256=:<base64>:"),
-                            },
-                            "content": {
-                                **file_content,
-                                "application/gzip": {
-                                    "schema": {"type": "string", "format": "binary"}
-                                },
-                            },
-                        },
-                        "202": {
-                            "description": "Not ready yet: the job document.",
-                            "headers": {
-                                "Retry-After": {"$ref": "#/components/headers/Retry-After"}
-                            },
-                            "content": job_content,
-                        },
-                        "400": _error("An unexpected query parameter."),
-                        "403": _error(
-                            "The caller may no longer read all the job reads (role or "
-                            "namespace grants changed since it was queued)."
-                        ),
-                        "404": _error("No such job, or not one this caller may see."),
-                        "409": _error("The job failed or was cancelled: there is no file."),
-                        "410": _error("The job's file has expired and was removed."),
-                        "429": _error(
-                            "Too many streams for this token, or too many refusals (403) for "
-                            "this token or address.",
-                            "Retry-After",
-                        ),
-                        **_COMMON_ERRORS,
-                    },
-                }
+                "get": _download_operation(file_content, job_content)
             },
             "/openapi.json": {
                 "get": {
@@ -281,7 +255,9 @@ def document() -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "Bearer token issued by the operator. "
-                    "Format: Authorization: Bearer <token>.",
+                    "Format: Authorization: Bearer <token>. The token alone, "
+                    "Authorization: <token> (as the seed's example sends it), is accepted "
+                    "too, with the same checks; any other scheme is refused (401).",
                 },
                 "signedLink": {"type": "apiKey", "in": "query", "name": "sig"},
             },
@@ -293,6 +269,8 @@ def document() -> dict[str, Any]:
                     'attachment; filename="audit-export-YYYYMMDD.<ext>"'
                 ),
                 "X-Total-Records": _header("How many records the file holds.", "integer"),
+                "ETag": _header('The file\'s SHA-256, a strong ETag: "sha256-<hex>".'),
+                "Content-Range": _header("bytes */size: the file's size in bytes."),
             },
             "schemas": {
                 "Status": {
@@ -318,13 +296,12 @@ def document() -> dict[str, Any]:
                             "type": "object",
                             "required": ["exportedAt", "from", "to", "totalRecords", "format"],
                             "properties": {
-                                "exportedAt": {"type": "string", "format": "date-time"},
-                                "from": {
-                                    "type": ["string", "null"],
-                                    "description": "null when no record matched and no "
-                                    "from was given",
-                                },
-                                "to": {"type": "string", "format": "date-time"},
+                                "exportedAt": instant("When the export was cut."),
+                                "from": instant(
+                                    "null when no record matched and no from was given",
+                                    nullable=True,
+                                ),
+                                "to": instant("The end of the window, exclusive."),
                                 "totalRecords": {"type": "integer", "minimum": 0},
                                 "format": {"const": "json"},
                                 "filter": {"type": "string"},
@@ -351,11 +328,13 @@ def document() -> dict[str, Any]:
                                 "state": {"enum": list(STATES)},
                                 "estimatedRecords": {"type": "integer", "minimum": 0},
                                 "downloadUrl": {"type": "string"},
-                                "expiresAt": {
-                                    "type": ["string", "null"],
-                                    "format": "date-time",
-                                    "description": "null for a failed or cancelled job",
-                                },
+                                "expiresAt": instant(
+                                    "When the file expires. Until the job completes: its "
+                                    "queue time plus the TTL, the earliest it can expire "
+                                    "(the same on every poll); completion sets the real "
+                                    "expiry. null for a failed or cancelled job.",
+                                    nullable=True,
+                                ),
                                 "rowsWritten": {"type": "integer", "minimum": 0},
                                 "fileSize": {"type": ["integer", "null"]},
                                 "sha256": {"type": ["string", "null"]},
@@ -366,17 +345,124 @@ def document() -> dict[str, Any]:
                                     "description": "why the job failed, or why its last "
                                     "attempt did while it waits to retry",
                                 },
-                                "retryAt": {
-                                    "type": "string",
-                                    "format": "date-time",
-                                    "description": "when a job queued after a failed "
-                                    "attempt may run again",
-                                },
+                                "retryAt": instant(
+                                    "when a job queued after a failed attempt may run again"
+                                ),
                             },
                         },
                     },
                 },
             },
+        },
+    }
+
+
+def _request_header(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "header",
+        "required": False,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+
+
+def _download_operation(file_content: dict[str, Any], job_content: dict[str, Any]) -> Any:
+    """GET /audit/export/download/{jobId}: the file, whole, in part, or not at all (304)."""
+    file_headers = {
+        "Accept-Ranges": _header("bytes: a download may be resumed with Range."),
+        "Content-Disposition": {"$ref": "#/components/headers/Content-Disposition"},
+        "ETag": {"$ref": "#/components/headers/ETag"},
+        "Repr-Digest": _header("RFC 9530, of the whole file: sha-256=:<base64>:"),
+        "X-Total-Records": {"$ref": "#/components/headers/X-Total-Records"},
+    }
+    content = {
+        **file_content,
+        "application/gzip": {"schema": {"type": "string", "format": "binary"}},
+    }
+    sig = {
+        "name": "sig",
+        "in": "query",
+        "required": False,
+        "description": "A portal-signed download link's signature.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_PARAM},
+    }
+    return {
+        "operationId": "downloadExport",
+        "summary": "Download an export job's file",
+        "description": "Streams the finished file. While the job is not finished the answer "
+        "is 202 with the job document and Retry-After, so a script may poll this URL. Portal "
+        "links carry a short-lived signature in `sig` instead of a bearer token. A cut-off "
+        "download resumes with one byte Range (`curl -C -`); If-None-Match with the ETag "
+        "answers 304. Every download that sends bytes is audited (a part names its bytes).",
+        "tags": ["Audit"],
+        "parameters": [
+            _job_id_param(),
+            sig,
+            _request_header(
+                "Range",
+                "One byte range: bytes=first-last, bytes=first- or bytes=-suffix. Several "
+                "ranges, or another unit, get the whole file (200).",
+            ),
+            _request_header(
+                "If-Range", "The ETag the part is to come from; any other value: the whole file."
+            ),
+            _request_header("If-None-Match", "ETags held (or *): 304 when one is the file's."),
+        ],
+        "security": [{"bearerAuth": []}, {"signedLink": []}],
+        "responses": {
+            "200": {
+                "description": "The whole file.",
+                "headers": {
+                    **file_headers,
+                    "Content-Length": _header("The file's size in bytes.", "integer"),
+                },
+                "content": content,
+            },
+            "202": {
+                "description": "Not ready yet: the job document.",
+                "headers": {"Retry-After": {"$ref": "#/components/headers/Retry-After"}},
+                "content": job_content,
+            },
+            "302": {
+                "description": "With object storage (AUDIT_EXPORT_STORAGE): the file is "
+                "fetched from the store. Location is a presigned URL of this one file, valid "
+                "300 seconds, that needs no token (send none to it); the store answers Range "
+                "itself. Made after the same checks as a 200, and a GET is audited as the "
+                "download when the link is handed out; HEAD gets a link for HEAD, unaudited.",
+                "headers": {"Location": _header("The presigned URL of the file in the store.")},
+            },
+            "206": {
+                "description": "The one byte range asked for.",
+                "headers": {
+                    **file_headers,
+                    "Content-Range": _header("bytes first-last/size"),
+                    "Content-Length": _header("The part's size in bytes.", "integer"),
+                },
+                "content": content,
+            },
+            "304": {
+                "description": "If-None-Match named the file's ETag: no body.",
+                "headers": {"ETag": {"$ref": "#/components/headers/ETag"}},
+            },
+            "400": _error("An unexpected query parameter."),
+            "403": _error(
+                "The caller may no longer read all the job reads (role or namespace grants "
+                "changed since it was queued)."
+            ),
+            "404": _error("No such job, or not one this caller may see."),
+            "409": _error("The job failed or was cancelled: there is no file."),
+            "410": _error("The job's file has expired and was removed."),
+            "416": _error(
+                "The Range is not one byte range, or starts past the end of the file.",
+                "Content-Range",
+            ),
+            "429": _error(
+                "Too many streams for this token, or too many refusals (403) for this token "
+                "or address.",
+                "Retry-After",
+            ),
+            **_COMMON_ERRORS,
         },
     }
 

@@ -2,27 +2,32 @@
 
     GET /audit/export                    the seed's export: 200 streamed file, or 202 job
     GET /audit/export/jobs/{jobId}       the job's AuditExportJob document
-    GET /audit/export/download/{jobId}   the job's file (202 while not ready, 410 expired)
+    GET /audit/export/download/{jobId}   the job's file (202 while not ready, 410 expired;
+                                         one byte Range gives a 206, If-None-Match a 304)
     GET /openapi.json                    the OpenAPI 3.1 description of the above
 
-Every data route takes `Authorization: Bearer <token>` (the download route also takes a
-portal-signed `?sig=`); every error is the JSON Status body of DESIGN.md, made from the
-`AuditError` the domain raised, in one place (`_endpoint`). HEAD answers as GET would,
-without a body (and without queueing, streaming or auditing anything). The routes are
-thin: parse, authenticate, call `service`/`jobs`, shape the response. They are handed the
-context. Refusals (403) are counted per token and client address by the routes'
-`access.RefusalGuard`: too many in a window are turned away (429), their records coalesced.
+Every data route takes `Authorization: Bearer <token>`, or the token alone as the seed's
+example sends it (the download route also takes a portal-signed `?sig=`); every error is
+the JSON Status body of DESIGN.md, made from the `AuditError` the domain raised, in one
+place (`_endpoint`). HEAD answers as GET would, without a body (and without queueing,
+streaming or auditing anything). The routes are thin: parse, authenticate, call
+`service`/`jobs`, shape the response. They are handed the context. Refusals (403) are
+counted per token and client address by the routes' `access.RefusalGuard`: too many in a
+window are turned away (429), their records coalesced.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import logging
+import re
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, BinaryIO
 
@@ -45,7 +50,7 @@ from ..errors import (
 )
 from ..filters import MAX_PARAM, AuditFilter, FilterError, parse_format, refuse_control
 from ..formats import CONTENT_TYPES, filename
-from . import links, openapi
+from . import links, openapi, presigned
 from .documents import (
     ALLOW,
     ALLOWED_METHODS,
@@ -67,6 +72,9 @@ EXPORT_PARAMS = ("format", "from", "to", "action", "user", "namespace")
 MAX_QUERY = 4096  # characters in a whole query string
 FILE_CHUNK = 1 << 20  # bytes per chunk when serving a job's file
 RETRY_BUSY = 10  # seconds a caller over a limit should wait
+# A download asked for a job expected within this long waits for it (checked every step).
+LONG_POLL_SECONDS = 2.0
+LONG_POLL_STEP = 0.05
 REALM = 'Bearer realm="audit-export"'
 
 Handler = Callable[[Request, Context, "StreamLimiter"], Awaitable[Response]]
@@ -78,6 +86,13 @@ class MethodNotAllowedError(AuditError):
 
     status = 405
     reason = "MethodNotAllowed"
+
+
+class RangeNotSatisfiableError(AuditError):
+    """A Range the job's file cannot satisfy, or one that is not a byte range."""
+
+    status = 416
+    reason = "RangeNotSatisfiable"
 
 
 # --------------------------------------------------------------------------- limits
@@ -136,14 +151,29 @@ def _client_ip(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
+def _presented_token(authorization: str | None) -> str:
+    """The token of `Authorization: Bearer <token>` or of a bare `Authorization: <token>`.
+
+    The seed's own curl example sends the token with no scheme, so a header of one word
+    that is not a scheme name is taken as the token itself, and checked exactly as a
+    bearer token is. Any other scheme (Basic, say) presents no token: ''.
+    """
+    value = (authorization or "").strip()
+    if value.partition(" ")[0].lower() == "bearer":
+        return access.bearer_token(value)
+    return value if len(value.split()) == 1 else ""
+
+
 async def _authenticate(request: Request, ctx: Context) -> Principal:
-    """The bearer token's principal; UnauthorizedError (401) when missing or not valid."""
+    """The API token's principal; UnauthorizedError (401) when missing or not valid."""
     header = request.headers.get("authorization")
     if header is None:
         raise UnauthorizedError("an API token is required: send Authorization: Bearer <token>")
-    token = access.bearer_token(header)
+    token = _presented_token(header)
     if not token:
-        raise UnauthorizedError("the Authorization header must be: Bearer <token>")
+        raise UnauthorizedError(
+            "the Authorization header must be: Bearer <token> (or the token alone)"
+        )
     who: Principal = await run_in_threadpool(
         access.authenticate_token, ctx.engine, token, _client_ip(request)
     )
@@ -202,7 +232,7 @@ def _job_id(request: Request) -> str:
 
 def _limit_key(who: Principal, request: Request) -> str:
     # One person may hold several tokens; the cap is per token, so key on the token.
-    token = access.bearer_token(request.headers.get("authorization"))
+    token = _presented_token(request.headers.get("authorization"))
     return "_".join(token.split("_", 2)[:2]) if token else f"user:{who.email}"
 
 
@@ -210,7 +240,7 @@ def _refusal_keys(request: Request, settings: Settings) -> dict[str, int]:
     """What a refusal counts against, with each limit: the token presented, the address."""
     address = _client_ip(request) or "(unknown)"
     keys = {f"address {address}": ADDRESS_FACTOR * settings.max_refusals}
-    prefix = access.token_prefix(access.bearer_token(request.headers.get("authorization")))
+    prefix = access.token_prefix(_presented_token(request.headers.get("authorization")))
     if prefix is not None:
         keys = {f"token {prefix}": settings.max_refusals, **keys}
     return keys
@@ -353,21 +383,41 @@ async def download_route(request: Request, ctx: Context, limiter: StreamLimiter)
     if jobs.is_expired(job):
         raise GoneError(f"export job {job.job_id} has expired and its file was removed")
     if job.state in jobs.ACTIVE:
+        job = await _nearly_done(ctx, job, who)
+    if job.state in jobs.ACTIVE:
         doc, headers = await _document(ctx, job)
         return JSONResponse(doc, 202, headers=headers)
     if job.state != jobs.JobState.COMPLETED:
         failed = job.state == jobs.JobState.FAILED
         why = f": {job.last_error}" if failed and job.last_error else ""
         raise ConflictError(f"export job {job.job_id} is {job.state}{why}; no file to download")
+    if ctx.settings.export_storage is not None:  # in a bucket: 302 to a presigned link
+        return await presigned.answer(request, ctx, job, who)
+    return await _file_answer(request, ctx, limiter, job, who)
+
+
+async def _file_answer(
+    request: Request, ctx: Context, limiter: StreamLimiter, job: jobs.JobInfo, who: Principal
+) -> Response:
+    """A completed job's file: 304 to a caller holding it, HEAD's headers, 200 or a 206 part.
+
+    Conditions are read in RFC 9110 13.2.2's order: If-None-Match, then Range with
+    If-Range. Only a GET that sends bytes is audited (and takes a stream slot).
+    """
     media, headers = _file_headers(job)
+    if _matches_any(request.headers.get("if-none-match"), headers["ETag"]):
+        await _require_file(ctx, job)  # the caller's copy is current: nothing is sent
+        return _not_modified(headers)
     if request.method == "HEAD":  # the file's headers; nothing opened, nothing audited
-        if not await run_in_threadpool(jobs.file_path(ctx.settings, job).exists):
-            raise GoneError(f"export job {job.job_id} has expired and its file was removed")
+        await _require_file(ctx, job)
         return _head(200, media, headers)
+    span = _requested_span(request, job, headers["ETag"])
+    if span is not None:
+        headers.update(span.headers())
     key = _limit_key(who, request)
     limiter.acquire(key, ctx.settings.max_concurrent_streams)
     try:
-        fh = await run_in_threadpool(_open_and_record, ctx, job, who)
+        fh = await run_in_threadpool(_open_and_record, ctx, job, who, span)
     except BaseException:
         limiter.release(key)
         raise
@@ -376,9 +426,9 @@ async def download_route(request: Request, ctx: Context, limiter: StreamLimiter)
         fh.close()
         limiter.release(key)
 
-    return StreamingResponse(
-        _guarded(_read(fh), None, release), 200, media_type=media, headers=headers
-    )
+    chunks = _guarded(_read(fh, int(headers["Content-Length"])), None, release)
+    code = 200 if span is None else 206
+    return StreamingResponse(chunks, code, media_type=media, headers=headers)
 
 
 def may_still_read(ctx: Context, job: jobs.JobInfo, who: Principal) -> None:
@@ -398,17 +448,144 @@ def may_still_read(ctx: Context, job: jobs.JobInfo, who: Principal) -> None:
 
 
 def _file_headers(job: jobs.JobInfo) -> tuple[str, dict[str, str]]:
-    """The media type and headers of a completed job's file."""
+    """The media type and headers of a completed job's file (the whole of it)."""
     assert job.file_sha256 is not None and job.file_size is not None
     digest = base64.b64encode(bytes.fromhex(job.file_sha256)).decode()
     media = "application/gzip" if job.compression == "gzip" else CONTENT_TYPES[job.format]
     return media, {
+        "Accept-Ranges": "bytes",
         "Content-Length": str(job.file_size),
         "Content-Disposition": f'attachment; filename="{download_name(job)}"',
         "ETag": f'"sha256-{job.file_sha256}"',
         "Repr-Digest": f"sha-256=:{digest}:",
         "X-Total-Records": str(job.rows_written),
     }
+
+
+@dataclass(frozen=True)
+class ByteSpan:
+    """One satisfiable byte range of a file: bytes first..last (inclusive) of size."""
+
+    first: int
+    last: int
+    size: int
+
+    @property
+    def length(self) -> int:
+        return self.last - self.first + 1
+
+    def text(self) -> str:
+        """The range as Content-Range writes it: bytes first-last/size."""
+        return f"bytes {self.first}-{self.last}/{self.size}"
+
+    def headers(self) -> dict[str, str]:
+        """What a 206 says instead of the whole file's Content-Length."""
+        return {"Content-Range": self.text(), "Content-Length": str(self.length)}
+
+
+def _requested_span(request: Request, job: jobs.JobInfo, etag: str) -> ByteSpan | None:
+    """The part of the file a GET asks for; None for the whole file.
+
+    Range is honoured only on GET (RFC 9110 14.2), and with If-Range only when it names
+    the file's current ETag (a strong match; a date or any other tag gets the whole file).
+    """
+    header = request.headers.get("range")
+    if request.method != "GET" or header is None:
+        return None
+    condition = request.headers.get("if-range")
+    if condition is not None and condition.strip() != etag:
+        return None
+    assert job.file_size is not None
+    return _byte_span(header, job.file_size)
+
+
+def _byte_span(header: str, size: int) -> ByteSpan | None:
+    """Parse a Range header for a file of `size` bytes; None means send the whole file.
+
+    One byte range (bytes=a-b, a-, -n) gives its span, clipped to the file. Several
+    ranges, or a unit other than bytes, get the whole file (RFC 9110 14.2 allows that);
+    a malformed byte range, or one that starts past the end, is refused (416).
+    """
+    unit, eq, ranges = header.partition("=")
+    if eq and unit.strip().lower() != "bytes":
+        return None  # a unit we do not know: RFC 9110 says ignore the header
+    if eq and "," in ranges:
+        return None  # several ranges: the whole file, in one 200
+    m = _BYTE_RANGE.fullmatch(ranges.strip()) if eq else None
+    if m is None or m.group(1) == m.group(2) == "":
+        raise _unsatisfiable(
+            size, f"Range {header[:60]!r} is not a byte range such as bytes=0-1023"
+        )
+    first, last = _number(m.group(1)), _number(m.group(2))
+    if first is None:  # bytes=-n: the last n bytes
+        assert last is not None
+        if last == 0 or size == 0:
+            raise _unsatisfiable(size, f"Range {header[:60]!r} asks for no bytes")
+        return ByteSpan(max(size - last, 0), size - 1, size)
+    if last is not None and last < first:
+        raise _unsatisfiable(size, f"Range {header[:60]!r} ends before it starts")
+    if first >= size:
+        raise _unsatisfiable(size, f"Range {header[:60]!r} starts past the file's {size} bytes")
+    return ByteSpan(first, size - 1 if last is None else min(last, size - 1), size)
+
+
+_BYTE_RANGE = re.compile(r"([0-9]*)-([0-9]*)")
+MAX_DIGITS = 18  # a position this long is past any file; int() of 16 KiB of digits is not
+
+
+def _number(digits: str) -> int | None:
+    """A byte position; None when absent; past any file (but still in order) when huge."""
+    if not digits:
+        return None
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= MAX_DIGITS else 10**MAX_DIGITS
+
+
+def _unsatisfiable(size: int, message: str) -> RangeNotSatisfiableError:
+    return RangeNotSatisfiableError(
+        f"{message}; the file has {size} bytes",
+        headers={"Content-Range": f"bytes */{size}", "Accept-Ranges": "bytes"},
+    )
+
+
+def _matches_any(condition: str | None, etag: str) -> bool:
+    """Does If-None-Match name this ETag (weakly: W/ ignored) or say `*`?"""
+    if condition is None:
+        return False
+    tags = [tag.strip() for tag in condition.split(",")]
+    return "*" in tags or any(tag.removeprefix("W/") == etag for tag in tags)
+
+
+def _not_modified(headers: dict[str, str]) -> Response:
+    """304: no body, the ETag the caller already holds (RFC 9110 15.4.5)."""
+    return Response(status_code=304, headers={"ETag": headers["ETag"]})
+
+
+async def _require_file(ctx: Context, job: jobs.JobInfo) -> None:
+    """Refuse (410) a completed job whose file the sweep has already removed."""
+    if not await run_in_threadpool(jobs.file_path(ctx.settings, job).exists):
+        raise GoneError(f"export job {job.job_id} has expired and its file was removed")
+
+
+async def _nearly_done(ctx: Context, job: jobs.JobInfo, who: Principal) -> jobs.JobInfo:
+    """A job expected within LONG_POLL_SECONDS is waited for here, so the poller who came
+    back after its (whole-second) Retry-After gets the file now instead of another 202."""
+    if jobs.seconds_left(job) > LONG_POLL_SECONDS:
+        return job
+    deadline = time.monotonic() + LONG_POLL_SECONDS
+
+    def get() -> jobs.JobInfo | None:
+        with ctx.engine.connect() as conn:
+            return jobs.get_for(conn, job.job_id, who)
+
+    while time.monotonic() < deadline:
+        await asyncio.sleep(LONG_POLL_STEP)
+        now = await run_in_threadpool(get)
+        if now is None:
+            return job
+        if now.state not in jobs.ACTIVE:
+            return now
+    return job
 
 
 async def _document(ctx: Context, job: jobs.JobInfo) -> tuple[dict[str, Any], dict[str, str]]:
@@ -430,20 +607,25 @@ async def _document(ctx: Context, job: jobs.JobInfo) -> tuple[dict[str, Any], di
     return job_document(job, retry_at=retry), headers
 
 
-def _open_and_record(ctx: Context, job: jobs.JobInfo, who: Principal) -> BinaryIO:
-    """Open the job's file (it stays readable if the sweep removes it) and audit the download."""
+def _open_and_record(
+    ctx: Context, job: jobs.JobInfo, who: Principal, span: ByteSpan | None = None
+) -> BinaryIO:
+    """Open the job's file at the span's start (it stays readable if the sweep removes it)
+    and audit the download; a resumed or partial one names its bytes in the record."""
     try:
         fh = open(jobs.file_path(ctx.settings, job), "rb")  # noqa: SIM115 - closed by release
     except FileNotFoundError:
         raise GoneError(f"export job {job.job_id} has expired and its file was removed") from None
+    part = "" if span is None else f", {span.text()}"
     try:
+        fh.seek(0 if span is None else span.first)
         with ctx.engine.begin() as conn:
             access.record(
                 conn,
                 ctx.settings.self_namespace,
                 who,
                 action="audit.export.download",
-                resource=f"{job.job_id} ({job.format}, {job.rows_written} rows)",
+                resource=f"{job.job_id} ({job.format}, {job.rows_written} rows{part})",
                 resource_type="ExportJob",
             )
     except BaseException:
@@ -452,8 +634,10 @@ def _open_and_record(ctx: Context, job: jobs.JobInfo, who: Principal) -> BinaryI
     return fh
 
 
-def _read(fh: BinaryIO) -> Iterator[bytes]:
-    while chunk := fh.read(FILE_CHUNK):
+def _read(fh: BinaryIO, length: int) -> Iterator[bytes]:
+    """Yield `length` bytes of the file from where it stands, a chunk at a time."""
+    while length > 0 and (chunk := fh.read(min(FILE_CHUNK, length))):
+        length -= len(chunk)
         yield chunk
 
 
