@@ -78,6 +78,16 @@ MAX_ATTEMPTS = 3
 # The job path's pace, measured (bench/bench_paths.py): a Retry-After before a job has
 # shown its own. MAX_RETRY_AFTER keeps a poller from waiting past a stalled estimate.
 ASSUMED_ROWS_PER_SECOND = 300_000
+# The job's own pace by engine and format, measured at 1M rows (BENCHMARKS.md "Export
+# paths": createdAt -> finishedAt), a little under it so a poller is not sent past the end.
+PACE = {
+    ("sqlite", "csv"): 330_000,
+    ("sqlite", "json"): 400_000,
+    ("sqlite", "jsonl"): 400_000,
+    ("postgresql", "csv"): 700_000,
+    ("postgresql", "json"): 320_000,
+    ("postgresql", "jsonl"): 320_000,
+}
 MAX_RETRY_AFTER = 60
 TOO_MANY_RETRY_SECONDS = 60  # a queue slot frees when a job finishes: minutes, not seconds
 
@@ -284,13 +294,18 @@ def file_name(job_id: str, fmt: str, compression: str) -> str:
 
 
 def seconds_left(
-    job: JobInfo, now: datetime | None = None, *, retry_at: datetime | None = None
+    job: JobInfo,
+    now: datetime | None = None,
+    *,
+    retry_at: datetime | None = None,
+    engine: str | None = None,
 ) -> float:
     """How long until an active job's file is ready, as well as can be told now.
 
     While it runs: the rows left at the pace it has kept so far. Before it starts (or
-    before its first rows): its size at ASSUMED_ROWS_PER_SECOND, the job path's measured
-    pace (BENCHMARKS.md), plus the time until a retry may start.
+    before its first rows): its size at the job path's measured pace for the engine and
+    format (PACE; ASSUMED_ROWS_PER_SECOND when unknown), plus the time until a retry may
+    start.
     """
     now = now or datetime.now(UTC)
     left_rows = max(job.estimated_records - job.rows_written, 0)
@@ -302,11 +317,16 @@ def seconds_left(
     wait = 0.0
     if retry_at is not None:
         wait = max((_aware(retry_at) - now).total_seconds(), 0.0)
-    return wait + left_rows / ASSUMED_ROWS_PER_SECOND
+    pace = PACE.get((engine or "", job.format), ASSUMED_ROWS_PER_SECOND)
+    return wait + left_rows / pace
 
 
 def retry_after(
-    job: JobInfo, now: datetime | None = None, *, retry_at: datetime | None = None
+    job: JobInfo,
+    now: datetime | None = None,
+    *,
+    retry_at: datetime | None = None,
+    engine: str | None = None,
 ) -> int:
     """The Retry-After to send a poller of an active job: seconds_left in whole seconds.
 
@@ -314,7 +334,7 @@ def retry_after(
     download route until the job is done (http.routes LONG_POLL_SECONDS), while one sent
     away for a whole extra second would just wait.
     """
-    left = seconds_left(job, now, retry_at=retry_at)
+    left = seconds_left(job, now, retry_at=retry_at, engine=engine)
     return max(1, min(math.floor(left + 1e-9), MAX_RETRY_AFTER))
 
 

@@ -608,3 +608,15 @@ def test_retry_after_follows_the_jobs_own_pace_once_it_has_one() -> None:
     # Tiny jobs are asked about again after a second; a stalled estimate never over a minute.
     assert jobs.retry_after(info(estimated_records=10), now) == 1
     assert jobs.retry_after(info(estimated_records=10**9), now) == jobs.MAX_RETRY_AFTER
+
+
+def test_retry_after_uses_the_measured_pace_of_the_engine_and_format() -> None:
+    now = datetime(2026, 3, 1, 12, 0, 10, tzinfo=UTC)
+    csv_job = info(format="csv", estimated_records=1_400_000)
+    pg = jobs.PACE[("postgresql", "csv")]
+    assert jobs.seconds_left(csv_job, now, engine="postgresql") == 1_400_000 / pg
+    assert jobs.retry_after(csv_job, now, engine="postgresql") == int(1_400_000 / pg)
+    # An engine or format it has no figure for falls back to the one assumed pace.
+    assert jobs.seconds_left(csv_job, now, engine="oracle") == (
+        1_400_000 / jobs.ASSUMED_ROWS_PER_SECOND
+    )

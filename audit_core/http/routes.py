@@ -296,7 +296,7 @@ async def export_route(request: Request, ctx: Context, limiter: StreamLimiter) -
             202,
             headers={
                 "Location": JOB_URL.format(job_id=job.job_id),
-                "Retry-After": str(jobs.retry_after(job)),
+                "Retry-After": str(jobs.retry_after(job, engine=ctx.settings.engine_kind)),
             },
         )
     key = _limit_key(who, request)
@@ -570,7 +570,7 @@ async def _require_file(ctx: Context, job: jobs.JobInfo) -> None:
 async def _nearly_done(ctx: Context, job: jobs.JobInfo, who: Principal) -> jobs.JobInfo:
     """A job expected within LONG_POLL_SECONDS is waited for here, so the poller who came
     back after its (whole-second) Retry-After gets the file now instead of another 202."""
-    if jobs.seconds_left(job) > LONG_POLL_SECONDS:
+    if jobs.seconds_left(job, engine=ctx.settings.engine_kind) > LONG_POLL_SECONDS:
         return job
     deadline = time.monotonic() + LONG_POLL_SECONDS
 
@@ -603,7 +603,8 @@ async def _document(ctx: Context, job: jobs.JobInfo) -> tuple[dict[str, Any], di
         retry = await run_in_threadpool(read)
     headers = {}
     if job.state in jobs.ACTIVE:
-        headers["Retry-After"] = str(jobs.retry_after(job, retry_at=retry))
+        left = jobs.retry_after(job, retry_at=retry, engine=ctx.settings.engine_kind)
+        headers["Retry-After"] = str(left)
     return job_document(job, retry_at=retry), headers
 
 
