@@ -91,4 +91,5 @@ else:
             ),
         ]
     page = st.navigation(pages)
+    st.session_state[common.NAV_KEY] = True  # the frame may link to Explore (saved views)
 page.run()

@@ -220,6 +220,25 @@ class ApiToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
+class SavedView(Base):
+    """A person's named Explore filter (migration 0005), reopened by its unguessable id.
+
+    The filter is kept as asked, not as scoped: whoever opens it gets it through
+    access.scope, as every read does (audit_core/saved_views.py).
+    """
+
+    __tablename__ = "saved_views"
+
+    id: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    view_id: Mapped[str] = mapped_column(String(32), unique=True)  # the link's id
+    owner: Mapped[str] = mapped_column(String(320))  # the saver's email (or local-admin)
+    name: Mapped[str] = mapped_column(String(80))
+    filter_json: Mapped[str] = mapped_column(Text)  # AuditFilter.to_json(): the API's params
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ux_saved_views_owner_name", "owner", "name", unique=True),)
+
+
 # Typed handles on the tables for Core statements (Model.__table__ is typed as FromClause).
 AUDIT = cast(Table, AuditRecord.__table__)
 HEAD = cast(Table, ChainHead.__table__)
@@ -231,3 +250,4 @@ TOKENS = cast(Table, ApiToken.__table__)
 NODES = cast(Table, MerkleNode.__table__)
 CHECKPOINTS = cast(Table, Checkpoint.__table__)
 MANIFESTS = cast(Table, ExportManifest.__table__)
+SAVED_VIEWS = cast(Table, SavedView.__table__)

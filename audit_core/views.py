@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -24,7 +24,7 @@ from .config import Settings
 from .filters import MAX_VALUE, AuditFilter, FilterError
 from .jobs import JobInfo
 from .models import AUDIT
-from .record import FIELDS, FREE_TEXT, compute_checksum, parse_instant
+from .record import FIELDS, FREE_TEXT, compute_checksum, format_instant, parse_instant
 from .worker import THREAD_NAME
 
 T = TypeVar("T")
@@ -625,3 +625,155 @@ def job_progress_text(job: JobInfo, now: datetime | None = None) -> str:
     percent = int(progress(job.rows_written, job.estimated_records, job.state) * 100)
     rows = f"{job.rows_written:,} of {job.estimated_records:,} rows ({percent}%)"
     return f"{rows} · {elapsed}" if elapsed else rows
+
+
+# ---------------------------------------------------------------------------- time, picked
+
+# Explore's time presets, in the order offered; "custom" keeps From and To as typed.
+TIME_PRESETS = {
+    "custom": "Custom: From and To",
+    "last_hour": "Last hour",
+    "last_24_hours": "Last 24 hours",
+    "last_7_days": "Last 7 days",
+    "last_30_days": "Last 30 days",
+    "this_month": "This month",
+    "last_month": "Last month",
+    "this_quarter": "This quarter",
+}
+_ROLLING = {
+    "last_hour": timedelta(hours=1),
+    "last_24_hours": timedelta(days=1),
+    "last_7_days": timedelta(days=7),
+    "last_30_days": timedelta(days=30),
+}
+# The date-and-time pickers' range (naive UTC, as st.datetime_input holds it).
+PICKER_MIN = datetime(1970, 1, 1)
+PICKER_MAX = datetime(2099, 12, 31, 23, 59)
+
+
+def preset_range(name: str, now: datetime) -> tuple[datetime, datetime]:
+    """A preset's [start, end) at `now`, as absolute UTC instants in whole seconds.
+
+    The range ends with the second `now` falls in (its end is the next second), so a
+    record stamped in it is in, and a range is never empty. The last N hours or days
+    count back from there; this month and this quarter start on their first day (UTC);
+    last month is the whole calendar month before this one.
+    """
+    if now.tzinfo is None:
+        raise ValueError("now must be an aware instant")
+    now = now.astimezone(UTC)
+    end = now.replace(microsecond=0) + timedelta(seconds=1)
+    month = datetime(now.year, now.month, 1, tzinfo=UTC)
+    if name in _ROLLING:
+        return end - _ROLLING[name], end
+    if name == "this_month":
+        return month, end
+    if name == "last_month":
+        return _months_before(month, 1), month
+    if name == "this_quarter":
+        return _months_before(month, (now.month - 1) % 3), end
+    raise ValueError(f"unknown time preset {name!r}")
+
+
+def _months_before(month: datetime, n: int) -> datetime:
+    """The first instant of the month `n` months before `month` (itself a month's first)."""
+    index = month.year * 12 + month.month - 1 - n
+    return month.replace(year=index // 12, month=index % 12 + 1)
+
+
+def preset_text(name: str, now: datetime) -> tuple[str, str]:
+    """A preset's From and To as the API writes instants (what the URL then holds)."""
+    start, end = preset_range(name, now)
+    return format_instant(start), format_instant(end)
+
+
+def picker_value(text: str) -> datetime | None:
+    """What a date-and-time picker shows for a From or To text: naive UTC, or empty.
+
+    To the minute, as a picker holds it (the text keeps the seconds). Empty for text
+    that is not an instant, or outside the pickers' range: the text stays the truth and
+    its own error says what is wrong with it.
+    """
+    try:
+        at = parse_instant(text).replace(tzinfo=None, second=0, microsecond=0)
+    except (ValueError, OverflowError):
+        return None
+    return at if PICKER_MIN <= at <= PICKER_MAX else None
+
+
+def picked_text(value: datetime | None) -> str:
+    """A picker's value (naive UTC) as From or To text; empty for an empty picker."""
+    return "" if value is None else format_instant(value.replace(tzinfo=UTC))
+
+
+def reconcile_time(text: str, picked: datetime | None, shown: datetime | None) -> str:
+    """From or To after Apply: the picker's time if the person moved it, else the text.
+
+    `shown` is what the picker was given to show: a picker still showing it was not
+    touched, so the text (typed, to the second) stands.
+    """
+    return text if picked == shown else picked_text(picked)
+
+
+# ---------------------------------------------------------------------------- saved views
+
+VIEW_PARAM = "view"
+
+
+def view_link(base_url: str | None, view_id: str) -> str:
+    """The link that opens a saved view on Explore (relative without a base)."""
+    return f"{(base_url or '').split('?', 1)[0]}?{VIEW_PARAM}={quote(view_id, safe='')}"
+
+
+def view_label(name: str, owner: str, who: Principal) -> str:
+    """A saved view as a link or choice reads: its name, and its owner when not `who`."""
+    return name if owner == who.email else f"{name} · {owner}"
+
+
+# ---------------------------------------------------------------------------- preview order
+
+# What an auditor scans first, kept at the left of the preview at any width: when, what,
+# who, where. The rest follows, scrolled to on a narrow window.
+PREVIEW_KEY_COLUMNS = ("timestamp", "action", "user", "namespace")
+
+
+def preview_order() -> list[str]:
+    """The preview's columns as shown: the key columns first, then the others."""
+    rest = [c for c in PREVIEW_COLUMNS if c not in PREVIEW_KEY_COLUMNS]
+    return [*PREVIEW_KEY_COLUMNS, *rest]
+
+
+# ---------------------------------------------------------------------------- chart text
+
+_BUCKET_FORMAT = {"hour": "%Y-%m-%d %H:00 UTC", "day": "%Y-%m-%d"}
+
+
+def activity_summary(buckets: Iterable[tuple[int, str, int]], bucket: str) -> str:
+    """The activity chart in words (Markdown): its busiest bar, the total and the span."""
+    per: dict[int, int] = {}
+    for start, _key, n in buckets:
+        per[start] = per.get(start, 0) + n
+    if not per:
+        return "No records to chart."
+    busiest = max(sorted(per), key=lambda b: per[b])
+    step = 3_600_000_000 if bucket == "hour" else 86_400_000_000
+    span = (max(per) - min(per)) // step + 1
+    unit = bucket if span == 1 else f"{bucket}s"
+    fmt = _BUCKET_FORMAT.get(bucket, _BUCKET_FORMAT["day"])
+    at = datetime.fromtimestamp(busiest / 1_000_000, UTC).strftime(fmt)
+    total = sum(per.values())
+    return md(
+        f"Busiest {bucket}: {at}, {_records(per[busiest])}. {_records(total)} over {span:,} {unit}."
+    )
+
+
+def _records(n: int) -> str:
+    return f"{n:,} record" if n == 1 else f"{n:,} records"
+
+
+def top_summary(pairs: Sequence[tuple[str, int]], name: str) -> str:
+    """A top-N bar chart in words (Markdown, values literal): each bar and its count."""
+    if not pairs:
+        return md(f"No {name} to chart.")
+    listed = ", ".join(f"{md(value)} ({n:,})" for value, n in pairs)
+    return f"Top {md(name)}s by records: {listed}."

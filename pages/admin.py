@@ -45,7 +45,7 @@ def _list_users() -> list[access.UserInfo]:
 def _users(who: Principal, users: list[access.UserInfo]) -> None:
     """The users and their grants; add, change or remove one."""
     ctx = common.ctx()
-    st.subheader("Users and grants")
+    st.header("Users and grants")
     _confirmation("users")
     if users:
         st.dataframe(views.users_frame(users), hide_index=True, width="stretch")
@@ -137,7 +137,7 @@ def _token_form(who: Principal, users: list[access.UserInfo]) -> None:
 def _tokens(who: Principal, users: list[access.UserInfo]) -> None:
     """API tokens: the one just created (once), a form to issue one, the list, revoke."""
     ctx = common.ctx()
-    st.subheader("API tokens")
+    st.header("API tokens")
     _confirmation("tokens")
     _new_token()
     _token_form(who, users)
@@ -188,7 +188,7 @@ def _pick_and_act(
 
 def _settings(who: Principal) -> None:
     ctx = common.ctx()
-    st.subheader("Settings and worker")
+    st.header("Settings and worker")
     s = ctx.settings
     with ctx.engine.connect() as conn:
         recent = jobs.list_for(conn, who, limit=100)

@@ -11,13 +11,14 @@ from typing import Any
 
 import streamlit as st
 
-from audit_core import access, context, query, service, views
+from audit_core import access, context, query, saved_views, service, views
 from audit_core.access import LOCAL_ADMIN, Principal
 from audit_core.context import Context
 from audit_core.filters import AuditFilter
 
 PRINCIPAL_KEY = "portal_principal"
 SIGNED_IN_KEY = "portal_signed_in"
+NAV_KEY = "portal_nav"  # set by navigation.py once Explore is a page links may name
 LOCAL_BANNER = "Sign-in is off: local mode, everyone here is the local admin"
 # The favicon, drawn here: Streamlit fetches a `:material/...:` page icon's favicon from
 # fonts.gstatic.com (its frontend builds that URL), and the portal asks nothing of any host
@@ -75,6 +76,7 @@ def frame(*, admins_only: bool = False) -> Principal:
         st.caption(f"Namespaces: {views.md(views.describe_namespaces(who.namespaces))}")
         if signed_in and st.button("Sign out", key="portal_sign_out"):
             st.logout()
+        _saved_view_links(who)
     if not auth_on():
         st.info(LOCAL_BANNER, icon=":material/lock_open:")
     if ctx().demo:
@@ -83,6 +85,31 @@ def frame(*, admins_only: bool = False) -> Principal:
         st.error("This page is for portal admins.")
         st.stop()
     return who
+
+
+def _saved_view_links(who: Principal) -> None:
+    """The views `who` saved (an admin: everyone's), each a link reopening Explore with it.
+
+    Names and owners are shown literally. Only under navigation.py: a page run on its own
+    has no Explore page to link to.
+    """
+    if not st.session_state.get(NAV_KEY):
+        return
+    with ctx().engine.connect() as conn:
+        found = saved_views.list_for(conn, who)
+    st.markdown("**Saved views**")
+    if not found:
+        st.caption("None yet: name and save a filter on Explore.")
+    for view in found:
+        label = views.md(views.view_label(view.name, view.owner, who))
+        st.page_link(
+            "pages/explore.py",
+            label=label,
+            icon=":material/bookmark:",
+            query_params={views.VIEW_PARAM: view.view_id},
+            help=label,  # a link's label stays on one line: a long name is whole here
+            width="stretch",
+        )
 
 
 def refused(who: Principal, message: str, what: str) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any
 
 import altair as alt
 import streamlit as st
 
-from audit_core import formats, jobs, query, service, views
+from audit_core import formats, jobs, query, saved_views, service, views
 from audit_core.access import AccessDeniedError, Principal
 from audit_core.filters import FORMATS, AuditFilter
 from pages import common
@@ -26,6 +27,17 @@ PINNED = "explore_pinned"  # "link" or "anyway": shown even when not on the page
 URL_RECORD = "explore_url_record"  # the record the URL names (as last read or written)
 TABLE = "explore_table"  # the preview grid's key: its selection
 TABLE_FOR = "explore_table_for"  # (page, record) the grid's selection was last set for
+PRESET = "explore_preset"  # the time range picker: a preset, or "custom"
+PICK = {"from": "explore_from_pick", "to": "explore_to_pick"}  # the date-and-time pickers
+SHOWN = "explore_pick_shown"  # what each picker was given to show (untouched if still so)
+RESOLVED = "explore_preset_resolved"  # (preset, from, to): the instants a preset became
+URL_VIEW = "explore_url_view"  # the saved view the URL names (as last followed)
+OPENED = "explore_view_opened"  # (view id, name, owner, filter as applied)
+VIEW_NAME = "explore_view_name"
+VIEW_PICK = "explore_view_pick"
+VIEW_PICK_NEXT = "explore_view_pick_next"  # the view to pick once the list is drawn again
+VIEW_NAME_CLEAR = "explore_view_name_clear"  # empty the name field on the next run
+VIEW_FLASH = "explore_view_flash"  # ("ok" | "note", Markdown): what the last save/delete did
 INTRO = (
     "Filter your organisation's audit log, read any record whole and export what matches "
     "as signed files anyone can check: start with the filter below."
@@ -33,6 +45,15 @@ INTRO = (
 HALF_OPEN = (
     "Times are UTC, ISO 8601 (2026-03-01 or 2026-03-01T08:30:00Z). The range is "
     "half-open: From is included, To is not, so [From, To)."
+)
+HALF_OPEN_SHORT = "UTC. Half-open, [From, To): From is included, To is not."
+PICK_HELP = (
+    "Pick a date and time (UTC); on Apply it replaces the text beside it. Left as it "
+    "is, the text stands, to the second."
+)
+PRESET_HELP = (
+    "On Apply, a preset becomes fixed From and To instants (UTC) in the fields and "
+    "the link, so a copied link means the same range tomorrow."
 )
 
 
@@ -49,12 +70,74 @@ def _restore() -> None:
     params = st.query_params.to_dict()
     typed = saved if isinstance(saved, views.FilterInput) else views.FilterInput.from_query(params)
     if not isinstance(saved, views.FilterInput):
+        params.pop(views.VIEW_PARAM, None)  # a saved view's link: read by _follow_view
         st.session_state["explore_url_unknown"] = (views.unknown_params(params), typed)
+    _set_filter(typed)
+
+
+def _set_filter(typed: views.FilterInput) -> None:
+    """Put a filter into the widgets (before they are drawn), the pickers to match."""
     st.session_state[KEYS["from"]] = typed.start
     st.session_state[KEYS["to"]] = typed.end
     st.session_state[KEYS["action"]] = list(typed.actions)
     st.session_state[KEYS["user"]] = list(typed.users)
     st.session_state[KEYS["namespace"]] = list(typed.namespaces)
+    _show_times()
+
+
+def _show_times() -> None:
+    """Set each picker to its text's instant and the time range back to custom."""
+    shown = {side: views.picker_value(st.session_state.get(KEYS[side]) or "") for side in PICK}
+    for side, value in shown.items():
+        st.session_state[PICK[side]] = value
+    st.session_state[SHOWN] = shown
+    st.session_state[PRESET] = "custom"
+
+
+def _apply_times() -> None:
+    """On Apply, before the page runs: a preset becomes absolute instants in From and To;
+    else a picker the person moved replaces its text."""
+    preset = st.session_state.get(PRESET) or "custom"
+    if preset != "custom":
+        start, end = views.preset_text(preset, datetime.now(UTC))
+        st.session_state[KEYS["from"]], st.session_state[KEYS["to"]] = start, end
+        st.session_state[RESOLVED] = (preset, start, end)
+    else:
+        shown = st.session_state.get(SHOWN) or {}
+        for side in PICK:
+            text = st.session_state.get(KEYS[side]) or ""
+            picked = st.session_state.get(PICK[side])
+            st.session_state[KEYS[side]] = views.reconcile_time(text, picked, shown.get(side))
+    _show_times()
+
+
+def _follow_view(who: Principal) -> None:
+    """Apply the saved view a `?view=<id>` link names, once per link, scoped to `who`.
+
+    The view's filter goes through access.scope (saved_views.get) as every read does:
+    a view of a namespace `who` lacks is refused, and the filter is left as it was.
+    """
+    wanted = st.query_params.get(views.VIEW_PARAM)
+    if not wanted:
+        st.session_state[URL_VIEW] = None
+        return
+    if wanted == st.session_state.get(URL_VIEW):
+        return
+    st.session_state[URL_VIEW] = wanted
+    try:
+        with common.ctx().engine.connect() as conn:
+            view = saved_views.get(conn, who, wanted)
+    except saved_views.SavedViewNotFoundError:
+        which = views.code(wanted) if len(wanted) <= saved_views.MAX_ID else "with this id"
+        st.error(f"No saved view {which}: it was deleted, or the link is cut short.")
+        return
+    except AccessDeniedError as exc:
+        common.refused(who, f"saved view {wanted}: {exc}", "open saved view")
+        return
+    typed = views.FilterInput.from_query(view.filter.to_params())
+    _set_filter(typed)
+    st.session_state[OPENED] = (view.view_id, view.name, view.owner, typed)
+    st.session_state[VIEW_PICK] = view.view_id
 
 
 def _follow_link() -> None:
@@ -74,72 +157,106 @@ def _open(record_id: str | None, *, pinned: str | None = None) -> None:
 
 def _filter_form(who: Principal) -> tuple[AuditFilter | None, views.FilterInput]:
     """Draw the filter form; return the valid filter (or None) and the values as typed."""
-    kept = {k: st.session_state.get(KEYS[k], []) for k in views.LIST_PARAMS}
-    known = common.pickers(who)
-    missing = views.unmatched_terms(_typed(), known, who)
     with st.form("explore_filters", border=True):
-        c_from, c_to = st.columns(2)
-        with c_from:
-            st.text_input(
-                "From (UTC, included)",
-                key=KEYS["from"],
-                placeholder="earliest record",
-                help=HALF_OPEN,
-            )
-            err_from = st.empty()
-        with c_to:
-            st.text_input(
-                "To (UTC, not included)", key=KEYS["to"], placeholder="now", help=HALF_OPEN
-            )
-            err_to = st.empty()
-        c_action, c_user, c_ns = st.columns(3)
-        with c_action:
-            st.multiselect(
-                "Action",
-                views.action_options(known["action"], kept["action"]),
-                key=KEYS["action"],
-                format_func=lambda o: views.picker_label(
-                    o, missing.get("action", ()), views.action_label
-                ),
-                placeholder="every action",
-                help="Pick actions, or a whole family with family.* (e.g. runbook.*).",
-            )
-            err_action = st.empty()
-        with c_user:
-            st.multiselect(
-                "User",
-                views.with_kept(known["user"], kept["user"]),
-                key=KEYS["user"],
-                format_func=lambda o: views.picker_label(o, missing.get("user", ())),
-                placeholder="every user",
-                accept_new_options=True,
-                help="Type to search; matched without regard to case.",
-            )
-            err_user = st.empty()
-        with c_ns:
-            st.multiselect(
-                "Namespace",
-                views.with_kept(known["namespace"], kept["namespace"]),
-                key=KEYS["namespace"],
-                format_func=lambda o: views.picker_label(o, missing.get("namespace", ())),
-                placeholder="every namespace you may see",
-                help="Only the namespaces granted to you are offered.",
-            )
-            err_ns = st.empty()
-        st.form_submit_button("Apply filters", type="primary")
+        slots = _time_row()
+        slots.update(_terms_row(who))
+        st.form_submit_button("Apply filters", type="primary", on_click=_apply_times)
     typed = _typed()
     st.session_state["explore_saved"] = typed
     flt, errors = typed.parse()
-    slots = {
-        "from": err_from,
-        "to": err_to,
-        "action": err_action,
-        "user": err_user,
-        "namespace": err_ns,
-    }
     for field, message in errors.items():
-        slots.get(field, err_from).error(views.md(message))  # it quotes what was typed
+        slots.get(field, slots["from"]).error(views.md(message))  # it quotes what was typed
     return flt, typed
+
+
+def _time_row() -> dict[str, Any]:
+    """The time range: a preset, From and To as text, a date-and-time picker under each."""
+    c_range, c_rule = st.columns(2, vertical_alignment="bottom")
+    with c_range:
+        st.selectbox(
+            "Time range",
+            list(views.TIME_PRESETS),
+            key=PRESET,
+            format_func=views.TIME_PRESETS.__getitem__,
+            help=PRESET_HELP,
+        )
+    with c_rule:
+        st.caption(HALF_OPEN_SHORT)
+        _resolved_note()
+    c_from, c_to = st.columns(2)
+    slots: dict[str, Any] = {}
+    for col, side, label, empty in (
+        (c_from, "from", "From (UTC, included)", "earliest record"),
+        (c_to, "to", "To (UTC, not included)", "now"),
+    ):
+        with col:
+            st.text_input(label, key=KEYS[side], placeholder=empty, help=HALF_OPEN)
+            st.datetime_input(
+                f"Pick {side.title()} (UTC)",
+                value=None,
+                min_value=views.PICKER_MIN,
+                max_value=views.PICKER_MAX,
+                key=PICK[side],
+                format="YYYY-MM-DD",
+                help=PICK_HELP,
+            )
+            slots[side] = st.empty()
+    return slots
+
+
+def _resolved_note() -> None:
+    """Say which instants the last preset became, while From and To still hold them."""
+    resolved = st.session_state.get(RESOLVED)
+    if not resolved:
+        return
+    preset, start, end = resolved
+    if (st.session_state.get(KEYS["from"]), st.session_state.get(KEYS["to"])) == (start, end):
+        st.caption(views.md(f"{views.TIME_PRESETS[preset]}, fixed when applied: {start} to {end}."))
+
+
+def _terms_row(who: Principal) -> dict[str, Any]:
+    """The action, user and namespace pickers; the error slot under each."""
+    kept = {k: st.session_state.get(KEYS[k], []) for k in views.LIST_PARAMS}
+    known = common.pickers(who)
+    missing = views.unmatched_terms(_typed(), known, who)
+    # One above the other, each as wide as the form: a chip is cut only past that width
+    # (Streamlit's chips are at most their field's width; three fields side by side at a
+    # 1024 px window cut "runbook.*" to "runboo…").
+    c_action = c_user = c_ns = st.container()
+    with c_action:
+        st.multiselect(
+            "Action",
+            views.action_options(known["action"], kept["action"]),
+            key=KEYS["action"],
+            format_func=lambda o: views.picker_label(
+                o, missing.get("action", ()), views.action_label
+            ),
+            placeholder="every action",
+            help="Pick actions, or a whole family with family.* (e.g. runbook.*).",
+        )
+        err_action = st.empty()
+    with c_user:
+        st.multiselect(
+            "User",
+            views.with_kept(known["user"], kept["user"]),
+            key=KEYS["user"],
+            format_func=lambda o: views.picker_label(o, missing.get("user", ())),
+            placeholder="every user",
+            accept_new_options=True,
+            help="Type to search; matched without regard to case.",
+        )
+        err_user = st.empty()
+    with c_ns:
+        st.multiselect(
+            "Namespace",
+            views.with_kept(known["namespace"], kept["namespace"]),
+            key=KEYS["namespace"],
+            format_func=lambda o: views.picker_label(o, missing.get("namespace", ())),
+            placeholder="every namespace you may see",
+            help="Only the namespaces granted to you are offered.",
+        )
+        err_ns = st.empty()
+    return {"action": err_action, "user": err_user, "namespace": err_ns}
 
 
 def _typed() -> views.FilterInput:
@@ -160,6 +277,142 @@ def _warn(who: Principal, typed: views.FilterInput) -> None:
         st.warning(views.unknown_params_message(unknown[0]), icon=":material/link_off:")
     for field, values in views.unmatched_terms(typed, common.pickers(who), who).items():
         st.warning(views.unmatched_message(field, values), icon=":material/search_off:")
+
+
+def _opened_note(typed: views.FilterInput) -> None:
+    """Name the saved view whose filter is applied, for as long as it is."""
+    opened = st.session_state.get(OPENED)
+    if opened and opened[3] == typed:
+        _, name, owner, _ = opened
+        st.info(
+            f"Saved view {views.md(name)} by {views.md(owner)}: its filter is applied.",
+            icon=":material/bookmark:",
+        )
+
+
+def _views_panel(who: Principal, flt: AuditFilter | None) -> None:
+    """Save the filter as a named view; share or delete the views `who` may manage."""
+    flash = st.session_state.pop(VIEW_FLASH, None)
+    with st.expander(
+        "Saved views: save, share, delete", icon=":material/bookmarks:", expanded=bool(flash)
+    ):
+        if flash:
+            (st.success if flash[0] == "ok" else st.info)(flash[1])
+        _save_row(who, flt)
+        listed = _manageable(who)
+        if listed:
+            _manage(who, listed)
+        else:
+            st.caption("No saved views yet.")
+
+
+def _save_row(who: Principal, flt: AuditFilter | None) -> None:
+    """A name for the filter as applied, and the button that saves it."""
+    if st.session_state.pop(VIEW_NAME_CLEAR, False):
+        st.session_state[VIEW_NAME] = ""
+    with st.container(horizontal=True, vertical_alignment="bottom"):
+        st.text_input(
+            "Name this filter",
+            key=VIEW_NAME,
+            max_chars=saved_views.MAX_NAME,
+            placeholder="e.g. Runbook changes in March",
+        )
+        save = st.button(
+            "Save view",
+            key="explore_view_save",
+            icon=":material/bookmark_add:",
+            disabled=flt is None,
+            help="Fix the filter first." if flt is None else None,
+        )
+    if save and flt is not None:
+        _save(who, flt, st.session_state.get(VIEW_NAME) or "")
+
+
+def _save(who: Principal, flt: AuditFilter, name: str) -> None:
+    """Save the view (audited by the library); say so, or say why not."""
+    ctx = common.ctx()
+    try:
+        view = saved_views.create(ctx.engine, who, name, flt, settings=ctx.settings)
+    except saved_views.SavedViewError as exc:
+        st.error(views.md(str(exc)))
+        return
+    except AccessDeniedError as exc:
+        common.refused(who, str(exc), "save view")
+        return
+    st.session_state[VIEW_FLASH] = (
+        "ok",
+        f"Saved view {views.md(view.name)}: it is in the sidebar, and its link is below.",
+    )
+    st.session_state[VIEW_NAME_CLEAR] = True
+    st.session_state[VIEW_PICK_NEXT] = view.view_id
+    st.rerun()  # the sidebar, drawn before the click was read, lists it then
+
+
+def _manageable(who: Principal) -> list[saved_views.SavedView]:
+    """The views `who` manages (an admin: everyone's), and one shared with them they opened."""
+    opened = st.session_state.get(OPENED)
+    with common.ctx().engine.connect() as conn:
+        listed = saved_views.list_for(conn, who)
+        if opened and opened[0] not in {v.view_id for v in listed}:
+            # Deleted, or no longer theirs to open: not offered.
+            with suppress(saved_views.SavedViewNotFoundError, AccessDeniedError):
+                listed.append(saved_views.get(conn, who, opened[0]))
+    return listed
+
+
+def _manage(who: Principal, listed: list[saved_views.SavedView]) -> None:
+    """One view picked: what it selects, its link to share, and Delete (owner or admin)."""
+    by_id = {v.view_id: v for v in listed}
+    wanted = st.session_state.pop(VIEW_PICK_NEXT, None)
+    if wanted in by_id:
+        st.session_state[VIEW_PICK] = wanted
+    elif st.session_state.get(VIEW_PICK) not in by_id:
+        st.session_state[VIEW_PICK] = listed[0].view_id
+    picked = st.selectbox(
+        "Saved view",
+        list(by_id),
+        key=VIEW_PICK,
+        format_func=lambda i: views.view_label(by_id[i].name, by_id[i].owner, who),
+    )
+    view = by_id[picked]
+    st.caption(views.md(view.filter.describe()))
+    st.caption("Its link. Whoever opens it sees what it matches within their own grants:")
+    st.code(views.view_link(_base_url(), view.view_id), language=None, wrap_lines=True)
+    allowed = saved_views.may_delete(who, view)
+    with st.container(horizontal=True):
+        st.page_link(
+            "pages/explore.py",
+            label="Open it",
+            icon=":material/open_in_new:",
+            query_params={views.VIEW_PARAM: view.view_id},
+        )
+        delete = st.button(
+            "Delete view",
+            key=f"explore_view_delete_{view.view_id}",
+            icon=":material/delete:",
+            disabled=not allowed,
+            help=None if allowed else "Only its owner or an admin may delete it.",
+        )
+    if delete:
+        _delete(who, view)
+
+
+def _delete(who: Principal, view: saved_views.SavedView) -> None:
+    """Delete the view (the library checks who may, and audits it); say what happened."""
+    ctx = common.ctx()
+    try:
+        saved_views.delete(ctx.engine, who, view.view_id, settings=ctx.settings)
+    except AccessDeniedError as exc:
+        common.refused(who, f"saved view {view.view_id}: {exc}", "delete saved view")
+        return
+    except saved_views.SavedViewNotFoundError:
+        st.session_state[VIEW_FLASH] = ("note", "That view had already been deleted.")
+    else:
+        st.session_state[VIEW_FLASH] = ("ok", f"Deleted view {views.md(view.name)}.")
+    opened = st.session_state.get(OPENED)
+    if opened and opened[0] == view.view_id:
+        st.session_state[OPENED] = None
+    st.rerun()
 
 
 def _sync_url(typed: views.FilterInput) -> None:
@@ -184,6 +437,8 @@ def _summary(s: query.Summary, flt: AuditFilter) -> None:
 
 
 def _charts(who: Principal, flt: AuditFilter, data: views.ExploreData) -> None:
+    """Activity over time and the top actions and users, each chart told in words too."""
+    st.header("Activity")
     by = (
         st.segmented_control(
             "Stack activity by", ["family", "namespace"], default="family", key="explore_stack_by"
@@ -192,8 +447,18 @@ def _charts(who: Principal, flt: AuditFilter, data: views.ExploreData) -> None:
     )
     bucket = data.bucket
     counts = data.histogram if by == "family" else common.histogram(who, flt, bucket, by)
-    frame = views.histogram_frame(counts, by)
-    activity = (
+    st.altair_chart(_activity_chart(views.histogram_frame(counts, by), bucket, by), width="stretch")
+    st.caption(views.activity_summary(counts, bucket))
+    left, right = st.columns(2)
+    for col, name, title in ((left, "action", "Top actions"), (right, "user", "Top users")):
+        pairs = data.facets.get(name, [])
+        col.altair_chart(_top_chart(pairs, name, title), width="stretch")
+        col.caption(views.top_summary(pairs, name))
+
+
+def _activity_chart(frame: Any, bucket: str, by: str) -> alt.Chart:
+    """Records per hour or day (UTC), stacked by family or namespace."""
+    return (
         alt.Chart(frame, title=f"Records per {bucket} (UTC)")
         .mark_bar()
         .encode(
@@ -211,26 +476,25 @@ def _charts(who: Principal, flt: AuditFilter, data: views.ExploreData) -> None:
         )
         .properties(height=260)
     )
-    st.altair_chart(activity, width="stretch")
-    top = data.facets
-    left, right = st.columns(2)
-    for col, name, title in ((left, "action", "Top actions"), (right, "user", "Top users")):
-        chart = (
-            alt.Chart(views.facet_frame(top.get(name, []), name), title=title)
-            .mark_bar()
-            .encode(
-                x=alt.X("records:Q"),
-                y=alt.Y(
-                    f"{name}:N",
-                    sort="-x",
-                    title=None,
-                    axis=alt.Axis(labelOverlap=False, labelLimit=220),
-                ),
-                tooltip=[name, "records"],
-            )
-            .properties(height=260)
+
+
+def _top_chart(pairs: list[tuple[str, int]], name: str, title: str) -> alt.Chart:
+    """The busiest values of one field as horizontal bars."""
+    return (
+        alt.Chart(views.facet_frame(pairs, name), title=title)
+        .mark_bar()
+        .encode(
+            x=alt.X("records:Q"),
+            y=alt.Y(
+                f"{name}:N",
+                sort="-x",
+                title=None,
+                axis=alt.Axis(labelOverlap=False, labelLimit=220),
+            ),
+            tooltip=[name, "records"],
         )
-        col.altair_chart(chart, width="stretch")
+        .properties(height=260)
+    )
 
 
 def _preview(who: Principal, flt: AuditFilter, data: views.ExploreData) -> list[dict[str, str]]:
@@ -246,7 +510,7 @@ def _preview(who: Principal, flt: AuditFilter, data: views.ExploreData) -> list[
     page = data.first_page if tokens[-1] is None else common.preview(who, flt, tokens[-1])
     total = data.summary.total
     start = (len(tokens) - 1) * views.PREVIEW_ROWS
-    st.subheader("Records")
+    st.header("Records")
     st.caption(
         f"Newest first: records {start + 1:,}-{start + len(page.rows):,} of {total:,}. "
         "Click a column to sort this page; select a row to see the full record."
@@ -255,6 +519,7 @@ def _preview(who: Principal, flt: AuditFilter, data: views.ExploreData) -> list[
     _select_record_row(page.rows, shown)
     event = st.dataframe(
         views.preview_frame(page.rows),
+        column_order=views.preview_order(),
         key=TABLE,
         on_select="rerun",
         selection_mode="single-row",
@@ -263,11 +528,13 @@ def _preview(who: Principal, flt: AuditFilter, data: views.ExploreData) -> list[
         height=420,
     )
     _take_selection(event, page.rows, shown)
-    nav_newer, nav_older, _ = st.columns([1, 1, 6])
-    if nav_newer.button("Newest", disabled=len(tokens) == 1, key="explore_newest"):
+    with st.container(horizontal=True):  # sized to their labels: never cut at any width
+        newest = st.button("Newest", disabled=len(tokens) == 1, key="explore_newest")
+        older = st.button("Older", disabled=page.next_token is None, key="explore_older")
+    if newest:
         st.session_state["explore_pages"] = [None]
         st.rerun()
-    if nav_older.button("Older", disabled=page.next_token is None, key="explore_older"):
+    if older:
         tokens.append(page.next_token)
         st.rerun()
     return page.rows
@@ -423,13 +690,13 @@ def _empty(who: Principal) -> None:
 def _export(who: Principal, flt: AuditFilter, total: int) -> None:
     ctx = common.ctx()
     limit = ctx.settings.sync_export_limit
-    st.subheader("Export")
+    st.header("Export")
     if service.fits_immediate(total, ctx.settings):
         st.caption(f"{total:,} records: download them now. Files are built when you click.")
         today = datetime.now(UTC)
         cols = st.columns(3)
         for col, fmt in zip(cols, FORMATS, strict=True):
-            name = formats.filename(fmt, today)
+            name = formats.filename(fmt, today, tag=formats.range_tag(flt.start, flt.end))
             col.download_button(
                 f"Download {FMT_LABELS[fmt]}",
                 data=lambda fmt=fmt, name=name: views.export_bytes(
@@ -473,9 +740,12 @@ who = common.frame()
 st.title("Explore")
 st.caption(INTRO)
 _restore()
+_follow_view(who)
 _follow_link()
 flt, typed = _filter_form(who)
 _warn(who, typed)
+_opened_note(typed)
+_views_panel(who, flt)
 _sync_url(typed)
 top = st.container()  # where a record opened by its link goes when the rows lack it
 if flt is None:

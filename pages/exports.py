@@ -142,7 +142,7 @@ def _signed(who: Principal) -> None:
     ctx = common.ctx()
     with ctx.engine.connect() as conn:
         found = service.signed_exports(conn, who)
-    st.subheader("Signed exports")
+    st.header("Signed exports")
     if not found:
         st.caption("No signed exports yet: every download from Explore and every job is signed.")
         return

@@ -79,7 +79,7 @@ def main(who: Principal) -> None:
         st.session_state["ingest_checked_for"] = marker
         st.session_state.pop("ingest_done", None)
     report: ingest.IngestReport = st.session_state["ingest_report"]
-    st.subheader(f"Check of {code(upload.name)}")
+    st.header(f"Check of {code(upload.name)}")
     _report(report)
     done = st.session_state.get("ingest_done")
     if done is not None:

@@ -31,7 +31,7 @@ def _upload(label: str, key: str, types: list[str], hint: str) -> service.Upload
 @st.fragment
 def _check_export(signer: Signer) -> None:
     """Upload a file, its manifest and signature (and proofs); show every check and a verdict."""
-    st.subheader("Check an export")
+    st.header("Check an export")
     st.write(
         "Upload an export with the manifest and signature that came with it. The page runs "
         "the offline verifier's checks with this portal's public key: the signature, the "
@@ -101,7 +101,7 @@ def _verdict(checks: list[offline_verify.Check]) -> None:
 
 def _tools(signer: Signer) -> None:
     """The public key, the JWKS and the verifier, each with how an auditor uses it."""
-    st.subheader("Check it yourself")
+    st.header("Check it yourself")
     key, jwks, tool = st.columns(3)
     with key:
         st.download_button(
@@ -149,7 +149,7 @@ def _tools(signer: Signer) -> None:
 @st.fragment
 def _prove(who: Principal) -> None:
     """A record id -> its inclusion proof, for records in the principal's namespaces."""
-    st.subheader("Prove a record is in the log")
+    st.header("Prove a record is in the log")
     st.write(
         "Paste a record id to get its inclusion proof (RFC 9162): the path from the record "
         "to a signed checkpoint of the log. Add it to the verifier with `--proofs`."

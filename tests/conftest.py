@@ -37,6 +37,7 @@ TABLES = (
     "merkle_nodes",
     "checkpoints",
     "export_manifests",
+    "saved_views",
 )
 
 

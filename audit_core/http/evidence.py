@@ -21,15 +21,7 @@ from ..access import Principal
 from ..context import Context
 from ..errors import BadRequestError, NotFoundError
 from .documents import MANIFEST_PATH
-from .routes import (
-    StreamLimiter,
-    _authenticate,
-    _check_query,
-    _job_id,
-    _signed,
-    _visible_job,
-    may_still_read,
-)
+from .routes import StreamLimiter, _authenticate, _check_query, downloadable_job
 
 NOTE_TYPE = "text/plain; charset=utf-8"
 
@@ -101,14 +93,7 @@ async def consistency_route(request: Request, ctx: Context, limiter: StreamLimit
 
 
 async def _job_manifest(request: Request, ctx: Context) -> evidence.SignedManifest:
-    raw = str(request.path_params["job_id"])
-    if "sig" in request.query_params and "authorization" not in request.headers:
-        who = await _signed(request, ctx, raw)
-    else:
-        who = await _authenticate(request, ctx)
-    _check_query(request, ("sig",))
-    job = await _visible_job(ctx, _job_id(request), who)
-    await run_in_threadpool(may_still_read, ctx, job, who)
+    job, _ = await downloadable_job(request, ctx)
     return await _manifest(ctx, job.job_id, None)
 
 

@@ -370,8 +370,10 @@ async def _visible_job(ctx: Context, job_id: str, who: Principal) -> jobs.JobInf
     return job
 
 
-async def download_route(request: Request, ctx: Context, limiter: StreamLimiter) -> Response:
-    """GET /audit/export/download/{jobId}: the finished file, or where the job stands."""
+async def downloadable_job(request: Request, ctx: Context) -> tuple[jobs.JobInfo, Principal]:
+    """The job of a download URL (its file or its manifest) and who asks: by token, or by a
+    portal-signed link (?sig=); refused unless the job is theirs (or they are an admin) and
+    they may still read all it reads."""
     job_id_raw = str(request.path_params["job_id"])
     if "sig" in request.query_params and "authorization" not in request.headers:
         who = await _signed(request, ctx, job_id_raw)
@@ -380,6 +382,12 @@ async def download_route(request: Request, ctx: Context, limiter: StreamLimiter)
     _check_query(request, ("sig",))
     job = await _visible_job(ctx, _job_id(request), who)
     await run_in_threadpool(may_still_read, ctx, job, who)
+    return job, who
+
+
+async def download_route(request: Request, ctx: Context, limiter: StreamLimiter) -> Response:
+    """GET /audit/export/download/{jobId}: the finished file, or where the job stands."""
+    job, who = await downloadable_job(request, ctx)
     if jobs.is_expired(job):
         raise GoneError(f"export job {job.job_id} has expired and its file was removed")
     if job.state in jobs.ACTIVE:
