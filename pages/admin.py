@@ -55,7 +55,7 @@ def _users(who: Principal, users: list[access.UserInfo]) -> None:
             "here after their first sign-in."
         )
     with st.form("admin_user_form", clear_on_submit=False):
-        c_email, c_role, c_ns = st.columns([3, 1, 3])
+        c_email, c_role, c_ns = st.columns([3, 2, 3])  # "auditor" whole at 1024 px
         email = c_email.text_input("Email", key="admin_user_email")
         role = c_role.selectbox("Role", access.ROLES, index=1, key="admin_user_role")
         grants = c_ns.text_input(

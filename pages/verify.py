@@ -38,7 +38,8 @@ def _check_export(signer: Signer) -> None:
         "file's bytes and SHA-256, every record's checksum, the signed checkpoint, and any "
         "inclusion proofs you add."
     )
-    left, right = st.columns(2)
+    # One after another, not side by side: at 1024 px two columns cut the uploaders' hints.
+    left = right = st.container()
     with left:
         file = _upload("Export file", "verify_file", EXPORT_TYPES, "The file as downloaded.")
         manifest = _upload(
@@ -102,7 +103,7 @@ def _verdict(checks: list[offline_verify.Check]) -> None:
 def _tools(signer: Signer) -> None:
     """The public key, the JWKS and the verifier, each with how an auditor uses it."""
     st.header("Check it yourself")
-    key, jwks, tool = st.columns(3)
+    key, jwks, tool = st.container(), st.container(), st.container()  # whole labels at 1024 px
     with key:
         st.download_button(
             "Public key (PEM)",
