@@ -10,12 +10,17 @@ import os
 import secrets
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine
 
+from audit_core.db import make_engine, migrate
+
+from ..conftest import add_demo
 from . import harness
 
 
@@ -170,3 +175,38 @@ def signin_stack(
         for log in (stack.app_log, stack.provider_log):
             if log.exists():
                 shutil.copyfile(log, artifacts_dir / f"{prefix}-{log.name}")
+
+
+@dataclass
+class DemoPortal:
+    url: str
+    engine: Engine
+
+
+@contextmanager
+def demo_portal(
+    tmp: Path, app_dir: Path, tag: str, records: int, seed: int
+) -> Iterator[DemoPortal]:
+    """`streamlit run app.py` on a free loopback port over a fresh SQLite database holding
+    `records` demo records (immediate downloads up to 500); its log kept as an artifact."""
+    url = f"sqlite:///{tmp / 'audit.db'}"
+    engine = make_engine(url)
+    migrate(engine)
+    add_demo(engine, records, seed=seed)
+    port = harness.free_port()
+    env = {
+        "AUDIT_DATABASE_URL": url,
+        "AUDIT_EXPORT_DIR": str(tmp / "exports"),
+        "AUDIT_SECRET_KEY": f"e2e-{tag}-0123456789abcdef0123456789",
+        "AUDIT_SYNC_EXPORT_LIMIT": "500",
+    }
+    log = tmp / "streamlit.log"
+    proc = harness.start_streamlit(app_dir, port, env, log_path=log)
+    try:
+        yield DemoPortal(f"http://127.0.0.1:{port}/", engine)
+    finally:
+        harness.stop_process(proc)
+        harness.ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
+        if log.exists():
+            (harness.ARTIFACTS_DIR / f"{tag}-streamlit.log").write_text(log.read_text())
+        engine.dispose()

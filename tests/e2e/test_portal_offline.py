@@ -12,7 +12,6 @@ Run: ``.venv/bin/python -m pytest -m e2e tests/e2e/test_portal_offline.py -q``
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -21,48 +20,25 @@ import pytest
 from sqlalchemy import Engine
 
 from audit_core import query
-from audit_core.db import make_engine, migrate
 from audit_core.filters import AuditFilter
 
-from ..conftest import add_demo
 from . import harness
+from .conftest import DemoPortal, demo_portal
 from .test_portal_browser import matching, select_row
 
 RECORDS = 900
 pytestmark = pytest.mark.e2e
 
 
-@dataclass
-class Portal:
-    url: str
-    engine: Engine
+Portal = DemoPortal
 
 
 @pytest.fixture(scope="module")
 def portal(tmp_path_factory: pytest.TempPathFactory, e2e_app_dir: Path) -> Iterator[Portal]:
     """`streamlit run app.py` on a free loopback port over a fresh SQLite database."""
     tmp = tmp_path_factory.mktemp("offline")
-    url = f"sqlite:///{tmp / 'audit.db'}"
-    engine = make_engine(url)
-    migrate(engine)
-    add_demo(engine, RECORDS, seed=5)
-    port = harness.free_port()
-    env = {
-        "AUDIT_DATABASE_URL": url,
-        "AUDIT_EXPORT_DIR": str(tmp / "exports"),
-        "AUDIT_SECRET_KEY": "e2e-offline-0123456789abcdef0123456789",
-        "AUDIT_SYNC_EXPORT_LIMIT": "500",
-    }
-    log = tmp / "streamlit.log"
-    proc = harness.start_streamlit(e2e_app_dir, port, env, log_path=log)
-    try:
-        yield Portal(f"http://127.0.0.1:{port}/", engine)
-    finally:
-        harness.stop_process(proc)
-        harness.ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
-        if log.exists():
-            (harness.ARTIFACTS_DIR / "offline-streamlit.log").write_text(log.read_text())
-        engine.dispose()
+    with demo_portal(tmp, e2e_app_dir, "offline", RECORDS, seed=5) as running:
+        yield running
 
 
 def newest(engine: Engine, limit: int, **params: str) -> list[dict[str, str]]:

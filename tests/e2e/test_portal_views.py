@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,13 +26,12 @@ from sqlalchemy import Engine, select
 from audit_core import query, saved_views
 from audit_core.access import LOCAL_ADMIN
 from audit_core.config import Settings
-from audit_core.db import make_engine, migrate
 from audit_core.filters import AuditFilter
 from audit_core.models import AUDIT, SAVED_VIEWS
 from audit_core.record import parse_instant
 
-from ..conftest import add_demo
 from . import harness
+from .conftest import DemoPortal, demo_portal
 from .test_portal_browser import matching
 
 RECORDS = 1_500
@@ -68,37 +66,15 @@ PAGES = [
 ]
 
 
-@dataclass
-class Portal:
-    url: str
-    engine: Engine
+Portal = DemoPortal
 
 
 @pytest.fixture(scope="module")
 def portal(tmp_path_factory: pytest.TempPathFactory, e2e_app_dir: Path) -> Iterator[Portal]:
     """`streamlit run app.py` on a free loopback port over a fresh SQLite database."""
     tmp = tmp_path_factory.mktemp("views")
-    url = f"sqlite:///{tmp / 'audit.db'}"
-    engine = make_engine(url)
-    migrate(engine)
-    add_demo(engine, RECORDS, seed=7)
-    port = harness.free_port()
-    env = {
-        "AUDIT_DATABASE_URL": url,
-        "AUDIT_EXPORT_DIR": str(tmp / "exports"),
-        "AUDIT_SECRET_KEY": "e2e-views-0123456789abcdef0123456789",
-        "AUDIT_SYNC_EXPORT_LIMIT": "500",
-    }
-    log = tmp / "streamlit.log"
-    proc = harness.start_streamlit(e2e_app_dir, port, env, log_path=log)
-    try:
-        yield Portal(f"http://127.0.0.1:{port}/", engine)
-    finally:
-        harness.stop_process(proc)
-        harness.ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
-        if log.exists():
-            (harness.ARTIFACTS_DIR / "views-streamlit.log").write_text(log.read_text())
-        engine.dispose()
+    with demo_portal(tmp, e2e_app_dir, "views", RECORDS, seed=7) as running:
+        yield running
 
 
 def library_count(engine: Engine, params: dict[str, str]) -> int:
