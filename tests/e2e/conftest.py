@@ -45,6 +45,9 @@ def artifacts_dir() -> Path:
 @pytest.fixture(scope="session")
 def playwright_instance() -> Iterator[Any]:
     sync_api = pytest.importorskip("playwright.sync_api")
+    # Streamlit draws in steps (a chart after its data, on a busy 2-core machine seconds
+    # later): every expect() waits up to 30 s, not Playwright's 5, before it fails.
+    sync_api.expect.set_options(timeout=30_000)
     with sync_api.sync_playwright() as playwright:
         yield playwright
 
