@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, select
 
 from . import access, evidence, store
 from .access import Principal
@@ -117,12 +117,13 @@ def deliver(
 
 
 def _anything_but_deliveries(conn: Connection, start: int, size: int) -> bool:
+    """Whether leaves start..size-1 hold a record other than a delivery's (the first found)."""
     stmt = (
-        select(func.count())
+        select(AUDIT.c.leaf)
         .where(AUDIT.c.leaf >= start, AUDIT.c.leaf < size, AUDIT.c.action != ACTION)
         .limit(1)
     )
-    return bool(conn.execute(stmt).scalar())
+    return conn.execute(stmt).first() is not None
 
 
 def _rows(conn: Connection, first: int, last: int) -> Iterator[list[tuple[str, ...]]]:
@@ -155,7 +156,8 @@ def _write_segment(engine: Engine, folder: Path, first: int, last: int, who: Pri
                 for chunk in jsonl_chunks([batch]):
                     gz.write(chunk)
         upto_seq = conn.execute(select(AUDIT.c.seq).where(AUDIT.c.leaf == last)).scalar_one()
-    signed = _sign(engine, name, first, last, count, first_id, last_id, upto_seq, who, sha, hashing)
+    records = (first, last, count, first_id, last_id)
+    signed = _sign(engine, name, records, upto_seq, who, sha.hexdigest(), hashing.size)
     manifest_part = folder / (name + ".manifest.json.part")
     sig_part = folder / (name + ".manifest.sig.part")
     manifest_part.write_bytes(signed.manifest)
@@ -171,16 +173,14 @@ def _write_segment(engine: Engine, folder: Path, first: int, last: int, who: Pri
 def _sign(
     engine: Engine,
     name: str,
-    first: int,
-    last: int,
-    count: int,
-    first_id: str | None,
-    last_id: str | None,
+    records: tuple[int, int, int, str | None, str | None],
     upto_seq: int,
     who: Principal,
-    sha: hashlib._Hash,
-    hashing: _Hashing,
+    file_sha256: str,
+    file_bytes: int,
 ) -> evidence.SignedManifest:
+    """Sign the segment's manifest: leaves first..last, count, first and last id."""
+    first, last, count, first_id, last_id = records
     now = datetime.now(UTC)
     with engine.begin() as conn:
         store.lock_head(conn)
@@ -203,8 +203,8 @@ def _sign(
             first_id=first_id,
             last_id=last_id,
             file_name=name,
-            file_bytes=hashing.size,
-            file_sha256=sha.hexdigest(),
+            file_bytes=file_bytes,
+            file_sha256=file_sha256,
             leaves=(first, last),
         )
 

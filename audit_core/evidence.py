@@ -326,11 +326,14 @@ def sign_manifest(
     return SignedManifest(export_id, manifest, signature)
 
 
-def manifest_for(conn: Connection, export_id: str) -> SignedManifest | None:
-    row = conn.execute(
-        select(MANIFESTS.c.manifest, MANIFESTS.c.signature)
-        .where(MANIFESTS.c.export_id == export_id)
-        .order_by(MANIFESTS.c.created_at.desc())
-        .limit(1)
-    ).first()
+def manifest_for(
+    conn: Connection, export_id: str, requested_by: str | None = None
+) -> SignedManifest | None:
+    """An export's newest signed manifest; with `requested_by`, only if that person asked."""
+    stmt = select(MANIFESTS.c.manifest, MANIFESTS.c.signature).where(
+        MANIFESTS.c.export_id == export_id
+    )
+    if requested_by is not None:
+        stmt = stmt.where(MANIFESTS.c.requested_by == requested_by.lower())
+    row = conn.execute(stmt.order_by(MANIFESTS.c.created_at.desc()).limit(1)).first()
     return None if row is None else SignedManifest(export_id, bytes(row[0]), bytes(row[1]))

@@ -962,15 +962,13 @@ def _segment_leaves(path: Path) -> list[bytes]:
         ]
 
 
-def _segment_range(manifest_path: Path) -> tuple[Any, Any, Any]:
-    doc = _loads(_read_bytes(manifest_path, "manifest"))
+def _segment_range(doc: Any) -> tuple[Any, Any, Any]:
+    """(records.firstLeaf, records.lastLeaf, snapshot.treeSize) of a parsed manifest."""
     records = doc.get("records") if isinstance(doc, dict) else None
-    if not isinstance(records, dict):
+    snapshot = doc.get("snapshot") if isinstance(doc, dict) else None
+    if not isinstance(records, dict) or not isinstance(snapshot, dict):
         return None, None, None
-    tree = (
-        doc.get("snapshot", {}).get("treeSize") if isinstance(doc.get("snapshot"), dict) else None
-    )
-    return records.get("firstLeaf"), records.get("lastLeaf"), tree
+    return records.get("firstLeaf"), records.get("lastLeaf"), snapshot.get("treeSize")
 
 
 def iter_segment_checks(folder: Path | str, key_path: Path | str) -> Iterator[Check]:
@@ -993,8 +991,8 @@ def iter_segment_checks(folder: Path | str, key_path: Path | str) -> Iterator[Ch
             yield Check(f"{path.name}: {check.name}", check.ok, check.reason)
             if not check.ok:
                 return
-        manifest_path = Path(f"{path}.manifest.json")
-        got = _segment_range(manifest_path)
+        data = _read_bytes(Path(f"{path}.manifest.json"), "manifest")
+        got = _segment_range(_loads(data))
         if got[:2] != (first, last) or got[2] != last + 1:
             yield _fail(
                 f"{path.name}: leaf range",
@@ -1005,7 +1003,7 @@ def iter_segment_checks(folder: Path | str, key_path: Path | str) -> Iterator[Ch
         yield _ok(f"{path.name}: leaf range", f"leaves {first}-{last}, signed")
         if segments[0][0] == 0:
             leaves.extend(_segment_leaves(path))
-        root = parse_manifest(_read_bytes(manifest_path, "manifest")).root_hash
+        root = parse_manifest(data).root_hash
         size = last + 1
         expected = last + 1
     start = segments[0][0]

@@ -10,7 +10,6 @@ AccessDeniedError answers it (403, or a message) and records it once with access
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import tempfile
 from collections.abc import Iterator
@@ -25,9 +24,10 @@ from . import access, evidence, export, manifests, offline_verify, query, signin
 from .access import AccessDeniedError, Principal, scope
 from .config import Settings
 from .errors import BadRequestError, NotFoundError
-from .filters import AuditFilter
+from .filters import MAX_VALUE, AuditFilter
 from .models import AUDIT, MANIFESTS
 from .offline_verify import Check
+from .record import FIELDS
 
 PICKER_COLUMNS = ("action", "user", "namespace")
 
@@ -204,11 +204,8 @@ def manifest_for(
     conn: Connection, export_id: str, who: Principal | None
 ) -> evidence.SignedManifest | None:
     """An export's signed manifest: its requester's or an admin's (None: checked already)."""
-    signed = evidence.manifest_for(conn, export_id)
-    if signed is None or who is None or who.is_admin:
-        return signed
-    requester = json.loads(signed.manifest)["requestedBy"]["user"]
-    return signed if str(requester).lower() == who.email.lower() else None
+    mine = None if who is None or who.is_admin else who.email
+    return evidence.manifest_for(conn, export_id, requested_by=mine)
 
 
 @dataclass(frozen=True)
@@ -235,6 +232,23 @@ def signed_exports(conn: Connection, who: Principal, limit: int = 20) -> list[Si
 # ---------------------------------------------------------------------------- evidence
 
 
+def visible_record(conn: Connection, who: Principal, record_id: str) -> dict[str, str] | None:
+    """The record with this id if the principal may see it, else None.
+
+    Scoped as every read is (access.scope), so a record outside the principal's grants
+    is answered exactly like an id that does not exist: the answer tells no one it is there.
+    """
+    if not record_id or len(record_id) > MAX_VALUE:
+        return None
+    try:
+        scoped = scope(who, AuditFilter())
+    except AccessDeniedError:  # no grants at all: no record is theirs to see
+        return None
+    stmt = select(*query.EXPORT_COLUMNS).where(AUDIT.c.id == record_id, scoped.clause(AUDIT))
+    row = conn.execute(stmt).first()
+    return None if row is None else dict(zip(FIELDS, map(str, row), strict=True))
+
+
 def prove_record(
     conn: Connection, who: Principal, record_id: str, size: int | None = None
 ) -> dict[str, Any]:
@@ -244,8 +258,7 @@ def prove_record(
     the answer does not tell anyone that it exists. The proof may keep a new on-demand
     checkpoint: call this inside `engine.begin()`.
     """
-    namespace = conn.execute(select(AUDIT.c.namespace).where(AUDIT.c.id == record_id)).scalar()
-    if namespace is None or not who.may_see(str(namespace)):
+    if visible_record(conn, who, record_id) is None:
         raise NotFoundError(f"no record {record_id}")
     return evidence.inclusion(conn, record_id, size)
 

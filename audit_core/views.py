@@ -16,14 +16,13 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import pandas as pd
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from . import evidence, formats, manifests, query, service
-from .access import AccessDeniedError, Principal, TokenInfo, UserInfo, scope
+from .access import AccessDeniedError, Principal, TokenInfo, UserInfo
 from .config import Settings
-from .filters import MAX_VALUE, AuditFilter, FilterError
+from .filters import AuditFilter, FilterError
 from .jobs import JobInfo
-from .models import AUDIT
 from .record import FIELDS, FREE_TEXT, compute_checksum, format_instant, parse_instant
 from .worker import THREAD_NAME
 
@@ -420,20 +419,8 @@ EXPLORE_PARAMS = ("from", "to", "action", "user", "namespace", RECORD_PARAM)
 
 
 def record_by_id(engine: Engine, who: Principal, record_id: str) -> dict[str, str] | None:
-    """The record with this id if the principal may see it, else None.
-
-    Scoped as every read is (access.scope), so a record outside the principal's grants
-    is answered exactly like an id that does not exist: the answer tells no one it is there.
-    """
-    if not record_id or len(record_id) > MAX_VALUE:
-        return None
-    try:
-        scoped = scope(who, AuditFilter())
-    except AccessDeniedError:  # no grants at all: no record is theirs to see
-        return None
-    stmt = select(*query.EXPORT_COLUMNS).where(AUDIT.c.id == record_id, scoped.clause(AUDIT))
-    row = _read(engine, lambda conn: conn.execute(stmt).first())
-    return None if row is None else dict(zip(FIELDS, map(str, row), strict=True))
+    """The record with this id if the principal may see it, else None (service.visible_record)."""
+    return _read(engine, service.visible_record, who, record_id)
 
 
 def no_record_message(record_id: str) -> str:
