@@ -18,8 +18,6 @@ A folder only: delivery to object storage is not built yet.
 from __future__ import annotations
 
 import gzip
-import hashlib
-import io
 import os
 import re
 from collections.abc import Iterator
@@ -29,7 +27,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, select
 
-from . import access, evidence, store
+from . import access, evidence, signing, store
 from .access import Principal
 from .config import Settings
 from .errors import BadRequestError
@@ -144,10 +142,9 @@ def _write_segment(engine: Engine, folder: Path, first: int, last: int, who: Pri
     name = segment_name(first, last)
     final = folder / name
     part = folder / (name + ".part")
-    sha = hashlib.sha256()
     count, first_id, last_id = 0, None, None
     with engine.connect() as conn, open(part, "wb") as raw:
-        hashing = _Hashing(raw, sha)
+        hashing = signing.HashingSink(raw)
         with gzip.GzipFile(filename="", mode="wb", fileobj=hashing, mtime=0) as gz:
             for batch in _rows(conn, first, last):
                 first_id = first_id or batch[0][0]
@@ -157,7 +154,7 @@ def _write_segment(engine: Engine, folder: Path, first: int, last: int, who: Pri
                     gz.write(chunk)
         upto_seq = conn.execute(select(AUDIT.c.seq).where(AUDIT.c.leaf == last)).scalar_one()
     records = (first, last, count, first_id, last_id)
-    signed = _sign(engine, name, records, upto_seq, who, sha.hexdigest(), hashing.size)
+    signed = _sign(engine, name, records, upto_seq, who, hashing.hexdigest(), hashing.size)
     manifest_part = folder / (name + ".manifest.json.part")
     sig_part = folder / (name + ".manifest.sig.part")
     manifest_part.write_bytes(signed.manifest)
@@ -167,7 +164,7 @@ def _write_segment(engine: Engine, folder: Path, first: int, last: int, who: Pri
     os.replace(part, final)
     os.replace(manifest_part, _beside(final, ".manifest.json"))
     os.replace(sig_part, _beside(final, ".manifest.sig"))  # last: now the segment is complete
-    return Segment(first, last, name, sha.hexdigest(), hashing.size)
+    return Segment(first, last, name, hashing.hexdigest(), hashing.size)
 
 
 def _sign(
@@ -207,21 +204,6 @@ def _sign(
             file_sha256=file_sha256,
             leaves=(first, last),
         )
-
-
-class _Hashing(io.RawIOBase):
-    """A write-only file that hashes and counts what passes to the real one."""
-
-    def __init__(self, fh: io.BufferedWriter, sha: hashlib._Hash) -> None:
-        self.fh, self.sha, self.size = fh, sha, 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: bytes) -> int:  # type: ignore[override]
-        self.sha.update(data)
-        self.size += len(data)
-        return self.fh.write(data)
 
 
 def _beside(path: Path, suffix: str) -> Path:

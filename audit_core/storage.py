@@ -84,8 +84,6 @@ class PendingFile(Protocol):
 class Storage(Protocol):
     """Where job files are kept, by file name (jobs.file_name)."""
 
-    presigns: bool  # True: downloads are presigned links to the store, not bytes from us
-
     def open_writer(self, name: str) -> PendingFile:
         """Start writing `name`, clearing leftovers of dead workers (hold the job's lease)."""
         ...
@@ -138,8 +136,6 @@ def _s3_storage(store: ObjectStore) -> S3Storage:
 
 class LocalStorage:
     """Job files in a folder (AUDIT_EXPORT_DIR): the embedded default."""
-
-    presigns = False
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -226,8 +222,6 @@ def _fsync_dir(path: Path) -> None:
 
 class S3Storage:
     """Job files as objects under s3://bucket/prefix/ (AUDIT_EXPORT_STORAGE)."""
-
-    presigns = True
 
     def __init__(
         self, store: ObjectStore, *, part_size: int = PART_SIZE, client: S3Client | None = None
