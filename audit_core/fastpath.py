@@ -63,7 +63,7 @@ def _sqlite_csv_line() -> str:
     clean = " AND ".join(f"{_q(f)} >= 'A'" for f in FREE_TEXT if f != "sourceIP")
     clean += f" AND ({ip} >= 'A' OR ({ip} >= '.' AND {ip} < '='))"
     cells = " || x'ff' || ".join(_q(f) for f in FIELDS)
-    return f"CAST((CASE WHEN {clean} THEN x'' ELSE x'fd' END) || {cells} AS BLOB)"
+    return f"CAST((CASE WHEN {clean} THEN x'' ELSE x'fd' END) || {cells} || x'0d0a' AS BLOB)"
 
 
 def _sqlite_json_object() -> str:
@@ -137,12 +137,19 @@ def _sqlite_csv(conn: Connection, flt: AuditFilter, upto_seq: int | None) -> Ite
     yield CSV_HEADER.encode()
     chain = itertools.chain.from_iterable
     for rows in _sqlite_lines(conn, SQLITE_CSV_LINE, flt, upto_seq):
-        body = b"\xfe".join(chain(rows))
-        if b"\xfd" in body or b"," in body or b'"' in body or b"\n" in body or b"\r" in body:
+        body = b"".join(chain(rows))
+        n = len(rows)
+        if (
+            b"\xfd" in body
+            or b"," in body
+            or b'"' in body
+            or body.count(b"\n") != n
+            or body.count(b"\r") != n
+        ):
             # Some cell needs quoting or neutralising: do this batch cell by cell.
             yield b"".join([_exact_line(r[0]) for r in rows])
         else:
-            yield body.replace(b"\xff", b",").replace(b"\xfe", b"\r\n") + b"\r\n"
+            yield body.replace(b"\xff", b",")
 
 
 _LEAD = frozenset(b"=+-@\t\r\n'")
@@ -150,10 +157,9 @@ _FREE_IDX = tuple(FIELDS.index(f) for f in FREE_TEXT)
 
 
 def _exact_line(line: bytes) -> bytes:
-    """One 0xFF-separated row -> the CSV line formats.csv_chunks writes (CRLF included)."""
-    if line[:1] == b"\xfd":
-        line = line[1:]
-    cells = line.split(b"\xff")
+    """One 0xFF-separated row ending in CRLF -> the CSV line formats.csv_chunks writes."""
+    start = 1 if line[:1] == b"\xfd" else 0
+    cells = line[start:-2].split(b"\xff")
     for i in _FREE_IDX:
         c = cells[i]
         if c and c[0] in _LEAD:
