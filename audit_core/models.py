@@ -93,6 +93,28 @@ class DayCount(Base):
     n: Mapped[int] = mapped_column(BigInteger)
 
 
+class ActionTotal(Base):
+    """Records per namespace and action over the whole log, kept beside the day counts
+    (migration 0006): a filter unbounded in time is counted from these, not from a sum
+    over every day the log covers, which grows with its history (bench/bench_scale.py)."""
+
+    __tablename__ = "audit_totals"
+
+    namespace: Mapped[str] = mapped_column(String(200), primary_key=True)
+    action: Mapped[str] = mapped_column(String(200), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+
+
+class UserTotal(Base):
+    """Records per user (lower-cased) over the whole log (migration 0006): "everything this
+    person did" is counted from here instead of walking all of their index entries."""
+
+    __tablename__ = "audit_user_totals"
+
+    user_lc: Mapped[str] = mapped_column(String(320), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+
+
 class ChainHead(Base):
     """The single row that serialises appends and remembers the chain's tip."""
 
@@ -243,6 +265,8 @@ class SavedView(Base):
 AUDIT = cast(Table, AuditRecord.__table__)
 HEAD = cast(Table, ChainHead.__table__)
 DAYS = cast(Table, DayCount.__table__)
+TOTALS = cast(Table, ActionTotal.__table__)
+USER_TOTALS = cast(Table, UserTotal.__table__)
 COUNTERS = cast(Table, IdCounter.__table__)
 JOBS = cast(Table, ExportJob.__table__)
 USERS = cast(Table, PortalUser.__table__)

@@ -24,7 +24,7 @@ from sqlalchemy import (
 
 from .errors import BadRequestError
 from .filters import AuditFilter
-from .models import AUDIT, DAYS
+from .models import AUDIT, DAYS, TOTALS, USER_TOTALS
 from .record import FIELDS, to_micros
 from .store import DAY_US, floor_bucket
 
@@ -67,7 +67,8 @@ def _count_stmt(
     """COUNT(*) of flt among keys (after_seq, upto_seq].
 
     Without after_seq, a filter on time, action and namespace only is counted from the
-    day counts (see _days_count_stmt); a user filter walks the user index. With
+    day counts and totals (see _days_count_stmt), a filter on users alone with no start
+    from the user totals (_user_count_stmt); other user filters walk the user index. With
     after_seq, only the keys after it are read, through the primary key: the filter is
     applied outside a LIMITed subquery, which SQLite cannot flatten into the filter's index.
     """
@@ -77,7 +78,27 @@ def _count_stmt(
     days = _whole_days(flt)
     if days is not None:
         return _days_count_stmt(flt, upto_seq, *days)
+    if flt.users and replace(flt, users=(), end=None) == AuditFilter():
+        return _user_count_stmt(flt, upto_seq)
     return _log_count_stmt(flt, upto_seq)
+
+
+def _user_count_stmt(flt: AuditFilter, upto_seq: int | None) -> Select[Any]:
+    """Exact COUNT(*) of a filter on users alone, with no start: their totals, less their
+    rows from its end on and the rows after the snapshot bound (both few: an export's end
+    is now), instead of a walk over every index entry the users have (BENCHMARKS.md "Scale").
+    """
+    whole = select(func.coalesce(func.sum(USER_TOTALS.c.n), 0))
+    terms: list[Any] = [whole.where(USER_TOTALS.c.user_lc.in_(flt.users)).scalar_subquery()]
+    if flt.end is not None:
+        later = _log_count_stmt(replace(flt, end=None), None).where(T.c.ts >= to_micros(flt.end))
+        terms.append(-later.scalar_subquery())
+    if upto_seq is not None:
+        terms.append(-_count_recent(flt, upto_seq, 2**62).scalar_subquery())
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return select(total)
 
 
 def _log_count_stmt(flt: AuditFilter, upto_seq: int | None) -> Select[Any]:
@@ -156,10 +177,20 @@ def _days_count_stmt(
     flt's actions and namespaces, plus the log's own count of the partial days before d0
     and from d1 on, is the count of flt. With a snapshot bound, the rows after it that
     the day counts already hold (found by primary key) are taken off again.
+
+    Unbounded below, the whole days are audit_totals less the days from d1 on: a sum
+    over every day grows with the log's history (BENCHMARKS.md "Scale").
     """
     dims = replace(flt, start=None, end=None)
-    day_sum = select(func.coalesce(func.sum(DAYS.c.n), 0)).where(*_in_days(flt, d0, d1))
-    terms: list[Any] = [day_sum.scalar_subquery()]
+    if d0 is None:
+        whole = select(func.coalesce(func.sum(TOTALS.c.n), 0)).where(dims.clause(TOTALS))
+        terms: list[Any] = [whole.scalar_subquery()]
+        if d1 is not None:
+            later = select(func.coalesce(func.sum(DAYS.c.n), 0)).where(*_in_days(flt, d1, None))
+            terms.append(-later.scalar_subquery())
+    else:
+        day_sum = select(func.coalesce(func.sum(DAYS.c.n), 0)).where(*_in_days(flt, d0, d1))
+        terms = [day_sum.scalar_subquery()]
     for lo, hi in _edges(flt, d0, d1):
         edge = _log_count_stmt(dims, upto_seq).where(T.c.ts >= lo, T.c.ts < hi)
         terms.append(edge.scalar_subquery())
@@ -310,13 +341,17 @@ def facets(conn: Connection, flt: AuditFilter, limit: int = 10) -> dict[str, lis
     """Top values with counts for action, user (lower-cased) and namespace.
 
     Users are grouped as the filter matches them, case-insensitively, which also lets
-    the count walk the user index. Actions and namespaces come from the day counts
+    the count walk the user index; with no filter but an end, they come from the user
+    totals (_user_grouped). Actions and namespaces come from the day counts and totals
     when the filter allows (see _grouped).
     """
     where = _where(flt, None)
     out: dict[str, list[tuple[str, int]]] = {}
     for name, col in (("action", T.c.action), ("user", T.c.user_lc), ("namespace", T.c.namespace)):
-        rows = _grouped(conn, flt, name, daily=False) if name != "user" else None
+        if name == "user":
+            rows = _user_grouped(conn, flt)
+        else:
+            rows = _grouped(conn, flt, name, daily=False)
         if rows is None:
             n = func.count().label("n")
             stmt = select(col, n).where(where).group_by(col).order_by(n.desc(), col).limit(limit)
@@ -382,12 +417,32 @@ def _grouped(conn: Connection, flt: AuditFilter, key: str, *, daily: bool) -> li
     dims = replace(flt, start=None, end=None)
     day_cols = [DAYS.c.day, DAYS.c[key]] if daily else [DAYS.c[key]]
     log_cols = [floor_bucket(T.c.ts, DAY_US), T.c[key]] if daily else [T.c[key]]
-    in_days = _in_days(flt, d0, d1)
-    parts = [select(*day_cols, func.sum(DAYS.c.n)).where(*in_days).group_by(*day_cols)]
+    if d0 is None and not daily:  # the totals less the days from d1 on (_days_count_stmt)
+        whole = select(TOTALS.c[key], func.sum(TOTALS.c.n)).where(dims.clause(TOTALS))
+        parts = [whole.group_by(TOTALS.c[key])]
+        if d1 is not None:
+            later = select(DAYS.c[key], func.sum(DAYS.c.n) * -1).where(*_in_days(flt, d1, None))
+            parts.append(later.group_by(DAYS.c[key]))
+    else:
+        in_days = _in_days(flt, d0, d1)
+        parts = [select(*day_cols, func.sum(DAYS.c.n)).where(*in_days).group_by(*day_cols)]
     for lo, hi in _edges(flt, d0, d1):
         in_edge = and_(dims.clause(T), T.c.ts >= lo, T.c.ts < hi)
         parts.append(select(*log_cols, func.count()).where(in_edge).group_by(*log_cols))
     stmt = union_all(*parts) if len(parts) > 1 else parts[0]
+    return list(conn.execute(stmt).all())
+
+
+def _user_grouped(conn: Connection, flt: AuditFilter) -> list[Any] | None:
+    """Counts per user of a filter with nothing but an end: the user totals, less the
+    rows from the end on (few when the end is now). None for any other filter."""
+    if replace(flt, end=None) != AuditFilter():
+        return None
+    parts: list[Any] = [select(USER_TOTALS.c.user_lc, USER_TOTALS.c.n)]
+    if flt.end is not None:
+        later = select(T.c.user_lc, func.count() * -1).where(T.c.ts >= to_micros(flt.end))
+        parts.append(later.group_by(T.c.user_lc))
+    stmt: Any = union_all(*parts) if len(parts) > 1 else parts[0]
     return list(conn.execute(stmt).all())
 
 

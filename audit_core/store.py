@@ -24,7 +24,7 @@ from sqlalchemy import (
 from . import evidence, tree
 from .errors import ConflictError
 from .models import AUDIT as T
-from .models import COUNTERS, DAYS, HEAD
+from .models import COUNTERS, DAYS, HEAD, TOTALS, USER_TOTALS
 from .record import ID_RE, Record, chain_next, compute_checksum, format_instant, normalize
 
 INSERT_BATCH = 5_000
@@ -157,20 +157,28 @@ def append(conn: Connection, records: Iterable[Record]) -> int:
 
 
 def _add_day_counts(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Add the rows to audit_day_counts (same transaction, so counts match the rows)."""
-    counts = Counter((int(r["ts"]) // DAY_US, r["namespace"], r["action"]) for r in rows)
+    """Add the rows to audit_day_counts, audit_totals and audit_user_totals (same
+    transaction as the rows)."""
+    days = Counter((int(r["ts"]) // DAY_US, r["namespace"], r["action"]) for r in rows)
+    _upsert_counts(conn, DAYS, ("day", "namespace", "action"), days)
+    totals = Counter((r["namespace"], r["action"]) for r in rows)
+    _upsert_counts(conn, TOTALS, ("namespace", "action"), totals)
+    users = Counter((r["user_lc"],) for r in rows)
+    _upsert_counts(conn, USER_TOTALS, ("user_lc",), users)
+
+
+def _upsert_counts(
+    conn: Connection, table: Any, keys: tuple[str, ...], counts: Counter[Any]
+) -> None:
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as upsert
     else:
         from sqlalchemy.dialects.sqlite import insert as upsert  # type: ignore[assignment]
-    stmt = upsert(DAYS)
+    stmt = upsert(table)
     stmt = stmt.on_conflict_do_update(
-        index_elements=[DAYS.c.day, DAYS.c.namespace, DAYS.c.action],
-        set_={"n": DAYS.c.n + stmt.excluded.n},
+        index_elements=[table.c[k] for k in keys], set_={"n": table.c.n + stmt.excluded.n}
     )
-    conn.execute(
-        stmt, [{"day": d, "namespace": ns, "action": a, "n": n} for (d, ns, a), n in counts.items()]
-    )
+    conn.execute(stmt, [{**dict(zip(keys, k, strict=True)), "n": n} for k, n in counts.items()])
 
 
 def floor_bucket(ts: Any, width: int) -> Any:
@@ -185,18 +193,35 @@ def _day_counts_select() -> Any:
     )
 
 
-def day_counts_differ(conn: Connection) -> bool:
-    """Whether audit_day_counts differs from the rows, compared in one statement.
+def _totals_select() -> Any:
+    return select(T.c.namespace, T.c.action, func.count()).group_by(T.c.namespace, T.c.action)
 
-    One statement sees one state of both tables, so appends running meanwhile (the
+
+def _user_totals_select() -> Any:
+    return select(T.c.user_lc, func.count()).group_by(T.c.user_lc)
+
+
+def day_counts_differ(conn: Connection) -> bool:
+    """Whether the day counts or the totals (audit_totals, audit_user_totals) differ from
+    the rows, compared in one statement.
+
+    One statement sees one state of all three tables, so appends running meanwhile (the
     portal writes its own events all the time) cannot make them look different.
     """
-    counted = _day_counts_select()
-    stored = select(DAYS.c.day, DAYS.c.namespace, DAYS.c.action, DAYS.c.n)
-    missing = select(func.count()).select_from(except_(counted, stored).subquery())
-    extra = select(func.count()).select_from(except_(stored, counted).subquery())
-    both = select(missing.scalar_subquery() + extra.scalar_subquery())
-    return bool(conn.execute(both).scalar())
+    pairs = (
+        (_day_counts_select(), select(DAYS.c.day, DAYS.c.namespace, DAYS.c.action, DAYS.c.n)),
+        (_totals_select(), select(TOTALS.c.namespace, TOTALS.c.action, TOTALS.c.n)),
+        (_user_totals_select(), select(USER_TOTALS.c.user_lc, USER_TOTALS.c.n)),
+    )
+    diffs = [
+        select(func.count()).select_from(except_(a, b).subquery()).scalar_subquery()
+        for counted, stored in pairs
+        for a, b in ((counted, stored), (stored, counted))
+    ]
+    total: Any = diffs[0]
+    for d in diffs[1:]:
+        total = total + d
+    return bool(conn.execute(select(total)).scalar())
 
 
 def day_count_totals(conn: Connection) -> tuple[int, int]:
@@ -207,11 +232,16 @@ def day_count_totals(conn: Connection) -> tuple[int, int]:
 
 
 def rebuild_day_counts(conn: Connection) -> None:
-    """Recompute audit_day_counts from the rows (after rows were loaded around append)."""
+    """Recompute the day counts and the totals from the rows (after rows were loaded
+    around append)."""
     conn.execute(delete(DAYS))
     conn.execute(
         insert(DAYS).from_select(["day", "namespace", "action", "n"], _day_counts_select())
     )
+    conn.execute(delete(TOTALS))
+    conn.execute(insert(TOTALS).from_select(["namespace", "action", "n"], _totals_select()))
+    conn.execute(delete(USER_TOTALS))
+    conn.execute(insert(USER_TOTALS).from_select(["user_lc", "n"], _user_totals_select()))
 
 
 def _row(r: Record, chain: str, leaf: int) -> dict[str, object]:

@@ -30,6 +30,8 @@ ENGINES = ["sqlite", "postgresql"]
 TABLES = (
     "audit_records",
     "audit_day_counts",
+    "audit_totals",
+    "audit_user_totals",
     "id_counters",
     "export_jobs",
     "portal_users",

@@ -16,7 +16,7 @@ from audit_core import query, store
 from audit_core.db import migrate
 from audit_core.filters import AuditFilter
 from audit_core.integrity import verify
-from audit_core.models import AUDIT, DAYS
+from audit_core.models import AUDIT, DAYS, TOTALS, USER_TOTALS
 from audit_core.record import compute_checksum, format_instant, normalize, parse_instant
 
 from .conftest import add_demo
@@ -248,3 +248,71 @@ def test_facets_from_day_counts_are_exact(engine: Engine) -> None:
                         want[r[col]] = want.get(r[col], 0) + 1
                 top = sorted(want.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
                 assert got[name] == top, (flt, name)
+
+
+def test_totals_answer_unbounded_filters_exactly(engine: Engine) -> None:
+    """audit_totals and audit_user_totals (migration 0006) hold every row; counts with no
+    start made from them equal a count of the rows, with and without a snapshot bound."""
+    add_demo(engine, 400, seed=28)
+    with engine.begin() as conn:
+        store.append(conn, edge_records(500))
+        upto = query.max_seq(conn)
+        store.append(conn, edge_records(600, EDGES[:3]))
+        cols = (AUDIT.c.seq, AUDIT.c.ts, AUDIT.c.namespace, AUDIT.c.action, AUDIT.c.user_lc)
+        rows = conn.execute(select(*cols)).all()
+        totals = dict(Counter((r[2], r[3]) for r in rows))
+        assert {(ns, a): n for ns, a, n in conn.execute(select(TOTALS)).all()} == totals
+        users = dict(Counter(r[4] for r in rows))
+        assert dict(conn.execute(select(USER_TOTALS)).all()) == users
+    someone, other = sorted(users, key=users.__getitem__)[-2:]
+    end = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    cases = [
+        (AuditFilter(), lambda r: True),
+        (AuditFilter.parse(namespace="payments"), lambda r: r[2] == "payments"),
+        (AuditFilter.parse(action="runbook.*"), lambda r: r[3].startswith("runbook.")),
+        (AuditFilter.parse(end=end), lambda r: r[1] < int(end.timestamp()) * 1_000_000),
+        (AuditFilter.parse(user=someone.upper()), lambda r: r[4] == someone),
+        (AuditFilter.parse(user=f"{someone},{other}"), lambda r: r[4] in (someone, other)),
+        (
+            AuditFilter.parse(user="u1@x.com", end=end),
+            lambda r: r[4] == "u1@x.com" and r[1] < int(end.timestamp()) * 1_000_000,
+        ),
+        (AuditFilter.parse(user="nobody@x.com"), lambda r: False),
+    ]
+    query.forget_counts()
+    with engine.connect() as conn:
+        for flt, match in cases:
+            assert query.count(conn, flt) == sum(map(match, rows)), flt
+            want = sum(match(r) for r in rows if r[0] <= upto)
+            assert query.count(conn, flt, upto) == want, flt
+
+
+def test_verify_notices_wrong_totals_and_recount_mends_them(engine: Engine) -> None:
+    add_demo(engine, 100, seed=29)
+    for table in (TOTALS, USER_TOTALS):
+        with engine.begin() as conn:
+            conn.execute(update(table).values(n=table.c.n + 1))
+        with engine.connect() as conn:
+            result = verify(conn)
+        assert not result.ok and result.place == "day counts", table
+        with engine.begin() as conn:
+            store.rebuild_day_counts(conn)
+        with engine.connect() as conn:
+            assert verify(conn).ok
+
+
+def test_the_totals_migration_fills_from_the_day_counts(engine: Engine) -> None:
+    """A database from before revision 0006 gets both totals filled on upgrade."""
+    add_demo(engine, 300, seed=30)
+
+    def both(conn) -> tuple:  # noqa: ANN001
+        totals = select(TOTALS).order_by(TOTALS.c.namespace, TOTALS.c.action)
+        users = select(USER_TOTALS).order_by(USER_TOTALS.c.user_lc)
+        return conn.execute(totals).all(), conn.execute(users).all()
+
+    with engine.connect() as conn:
+        want = both(conn)
+    downgrade(engine, "0005")
+    migrate(engine)
+    with engine.connect() as conn:
+        assert both(conn) == want and verify(conn).ok
