@@ -84,15 +84,9 @@ class ObjectStore:
 
 
 def _object_store(env: dict[str, str]) -> ObjectStore | None:
-    """Read AUDIT_EXPORT_STORAGE and AUDIT_S3_ENDPOINT_URL; None keeps files in the folder."""
+    """Read AUDIT_EXPORT_STORAGE; None keeps files in the folder."""
     raw = env.get("AUDIT_EXPORT_STORAGE", "").strip()
-    endpoint = _endpoint_url(env.get("AUDIT_S3_ENDPOINT_URL", "").strip())
     if not raw:
-        if endpoint is not None:
-            raise ConfigError(
-                "AUDIT_S3_ENDPOINT_URL is set but AUDIT_EXPORT_STORAGE is not: set "
-                "AUDIT_EXPORT_STORAGE=s3://bucket/prefix as well, or unset AUDIT_S3_ENDPOINT_URL"
-            )
         return None
     scheme, sep, rest = raw.partition("://")
     if scheme.lower() != "s3" or not sep or any(c in rest for c in "?#"):
@@ -100,20 +94,73 @@ def _object_store(env: dict[str, str]) -> ObjectStore | None:
             "AUDIT_EXPORT_STORAGE must be s3://bucket or s3://bucket/prefix (unset: files stay "
             f"in AUDIT_EXPORT_DIR), got {raw!r}"
         )
+    return _s3_location("AUDIT_EXPORT_STORAGE", rest, env)
+
+
+def _s3_location(name: str, rest: str, env: dict[str, str]) -> ObjectStore:
+    """The bucket and prefix of an s3:// URL (rest: what follows s3://), or a ConfigError
+    naming the setting; the endpoint (AUDIT_S3_ENDPOINT_URL) and region from env."""
     bucket, _, prefix = rest.partition("/")
     if not _BUCKET.fullmatch(bucket) or ".." in bucket:
         raise ConfigError(
-            f"AUDIT_EXPORT_STORAGE: {bucket!r} is not an S3 bucket name (3 to 63 lowercase "
+            f"{name}: {bucket!r} is not an S3 bucket name (3 to 63 lowercase "
             "letters, digits, dots and hyphens, a letter or digit at each end)"
         )
     prefix = prefix.strip("/")
     if prefix and (not _PREFIX.fullmatch(prefix) or {".", ".."} & set(prefix.split("/"))):
         raise ConfigError(
-            f"AUDIT_EXPORT_STORAGE: the prefix {prefix!r} may hold only letters, digits, "
+            f"{name}: the prefix {prefix!r} may hold only letters, digits, "
             "! _ . * ' ( ) - and single '/' between parts (no '.' or '..' parts)"
         )
+    endpoint = _endpoint_url(env.get("AUDIT_S3_ENDPOINT_URL", "").strip())
     region = env.get("AWS_REGION", "").strip() or env.get("AWS_DEFAULT_REGION", "").strip()
     return ObjectStore(bucket, prefix, endpoint, region or None)
+
+
+def delivery_target(raw: str, env: dict[str, str], *, name: str) -> Path | ObjectStore:
+    """Where a delivery goes: a folder, or s3://bucket[/prefix] (a ConfigError naming the
+    setting, `name`, for any other URL or a bad bucket or prefix)."""
+    text = raw.strip()
+    scheme, sep, rest = text.partition("://")
+    looks_like_url = bool(sep) or re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/", text) is not None
+    if not looks_like_url:
+        if not text:
+            raise ConfigError(f"{name} must be a folder or s3://bucket/prefix, got {raw!r}")
+        return Path(text)
+    if scheme.lower() != "s3" or not sep or not rest or any(c in rest for c in "?#"):
+        raise ConfigError(
+            f"{name} must be a folder or s3://bucket or s3://bucket/prefix, got {raw!r}"
+        )
+    return _s3_location(name, rest, env)
+
+
+def _delivery(env: dict[str, str], command_line: str | None) -> Path | ObjectStore | None:
+    """AUDIT_DELIVERY_TO, or AUDIT_DELIVERY_DIR (its older name, for a folder only); a
+    command line's `--to` takes the place of both."""
+    if command_line is not None:
+        return delivery_target(command_line, env, name="--to")
+    to = env.get("AUDIT_DELIVERY_TO", "").strip()
+    folder = env.get("AUDIT_DELIVERY_DIR", "").strip()
+    target = delivery_target(to, env, name="AUDIT_DELIVERY_TO") if to else None
+    if folder:
+        if target is not None and target != Path(folder):
+            raise ConfigError(
+                f"AUDIT_DELIVERY_TO ({to!r}) and AUDIT_DELIVERY_DIR ({folder!r}) name different "
+                "places: set AUDIT_DELIVERY_TO only (AUDIT_DELIVERY_DIR is its older name)"
+            )
+        target = Path(folder)
+    return target
+
+
+def _check_endpoint_used(env: dict[str, str], *targets: object) -> None:
+    """AUDIT_S3_ENDPOINT_URL set while nothing goes to a bucket is a mistake: say so."""
+    endpoint = _endpoint_url(env.get("AUDIT_S3_ENDPOINT_URL", "").strip())
+    if endpoint is not None and not any(isinstance(t, ObjectStore) for t in targets):
+        raise ConfigError(
+            "AUDIT_S3_ENDPOINT_URL is set but neither AUDIT_EXPORT_STORAGE nor "
+            "AUDIT_DELIVERY_TO is an s3:// URL: set one of them to s3://bucket/prefix, or "
+            "unset AUDIT_S3_ENDPOINT_URL"
+        )
 
 
 def _endpoint_url(raw: str) -> str | None:
@@ -202,15 +249,25 @@ class Settings:
     signing_key_file: Path | None = None  # None: data/signing.key, made at first start
     log_origin: str = "audit-export-portal"
     checkpoint_seconds: float = 300.0
-    # A folder the worker delivers the log to, in signed segments (audit_core.delivery),
-    # every delivery_seconds; None: no scheduled delivery.
-    delivery_dir: Path | None = None
+    # Where the worker delivers the log in signed segments (audit_core.delivery), every
+    # delivery_seconds: a folder or a bucket (AUDIT_DELIVERY_TO); None: no scheduled delivery.
+    delivery_to: Path | ObjectStore | None = None
+    delivery_dir: Path | None = None  # AUDIT_DELIVERY_DIR, the older name of a folder's
     delivery_seconds: float = 60.0
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        """Read settings from environment variables (AUDIT_*)."""
+    def from_env(
+        cls, env: dict[str, str] | None = None, *, delivery_to: str | None = None
+    ) -> Settings:
+        """Read settings from environment variables (AUDIT_*).
+
+        delivery_to: a command line's `deliver --to`, which takes the place of
+        AUDIT_DELIVERY_TO and AUDIT_DELIVERY_DIR (and is named `--to` in its errors).
+        """
         env = dict(os.environ if env is None else env)
+        export_storage = _object_store(env)
+        delivery = _delivery(env, delivery_to)
+        _check_endpoint_used(env, export_storage, delivery)
         url = env.get("AUDIT_DATABASE_URL", "").strip()
         admins = tuple(
             a.strip().lower() for a in env.get("AUDIT_ADMINS", "").split(",") if a.strip()
@@ -220,7 +277,7 @@ class Settings:
             database_url=url or DEFAULT_DATABASE_URL,
             database_configured=bool(url),
             export_dir=export_dir,
-            export_storage=_object_store(env),
+            export_storage=export_storage,
             sync_export_limit=_int(env, "AUDIT_SYNC_EXPORT_LIMIT", 10_000),
             export_ttl_hours=_int(env, "AUDIT_EXPORT_TTL_HOURS", 6),
             self_namespace=env.get("AUDIT_SELF_NAMESPACE", "") or "audit-portal",
@@ -236,9 +293,15 @@ class Settings:
             else None,
             log_origin=_origin(env.get("AUDIT_LOG_ORIGIN", "")),
             checkpoint_seconds=_seconds(env, "AUDIT_CHECKPOINT_SECONDS", 300.0),
-            delivery_dir=Path(folder) if (folder := env.get("AUDIT_DELIVERY_DIR")) else None,
+            delivery_to=delivery,
+            delivery_dir=delivery if isinstance(delivery, Path) else None,
             delivery_seconds=_seconds(env, "AUDIT_DELIVERY_SECONDS", 60.0),
         )
+
+    @property
+    def delivery_target(self) -> Path | ObjectStore | None:
+        """Where the worker delivers: delivery_to, else the folder delivery_dir."""
+        return self.delivery_to if self.delivery_to is not None else self.delivery_dir
 
     @property
     def key_path(self) -> Path:

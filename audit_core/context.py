@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
-from . import evidence, storage, store
+from . import delivery, evidence, storage, store
 from .config import Settings
 from .db import make_engine, migrate, refresh_statistics
 from .errors import AuditError, ConfigError
@@ -46,6 +46,7 @@ def build(settings: Settings, *, local_mode: bool = False) -> Context:
     """
     check_export_dir(settings)
     storage.open_storage(settings).check()
+    delivery.check(settings.delivery_target)
     signer = evidence.load_signer(settings)
     with database_errors(settings):
         engine = make_engine(settings.database_url)

@@ -1,44 +1,73 @@
-"""Continuous delivery of the log to a folder: contiguous, signed segments by leaf range.
+"""Continuous delivery of the log: contiguous, signed segments by leaf range, to a folder
+or to a bucket of S3-compatible object storage (s3://bucket/prefix).
 
 Each segment holds the records of leaves a..b in leaf order as gzipped JSON Lines (the
 export's own bytes, gzip with no name and no time, so the same leaves give the same
 file), named `log-<a>-<b>.jsonl.gz`, beside its signed manifest (DESIGN.md "Evidence",
 `records` carrying `firstLeaf` and `lastLeaf`, the snapshot being the tree of b + 1
-leaves) and detached signature. Segments never overlap and leave no gap: a delivery
-starts at the leaf after the last complete segment in the folder (all three files), and
-a segment becomes complete only by renames made after its bytes are written, so a crash
-or a restart redoes at most the segment it was writing. Each delivered segment is
-itself a `portal.deliver` record in the log. The offline verifier's `--segments DIR`
-checks a folder: each segment's signature, bytes and records, the ranges contiguous
-from leaf 0, and the Merkle root of all leaves against the last segment's checkpoint.
+leaves) and detached signature, `.manifest.json` and `.manifest.sig`. The same leaves
+give the same segment bytes in a folder and in a bucket: one algorithm writes both,
+through a `Destination` (list the names there, write a file whole and invisibly until it
+is published, put a small one, delete one), `FolderDestination` or `BucketDestination`.
 
-A folder only: delivery to object storage is not built yet.
+Segments never overlap and leave no gap. A segment is complete once its three files
+exist, and they are published in the order segment, manifest, signature, each whole (a
+part file renamed into place; an object PUT, or a multipart upload completed, only after
+all its bytes went out), so the signature's presence means the other two are whole. A
+delivery starts at the leaf after the last complete segment; first it removes the
+incomplete leftovers of a crashed run (part files, unfinished multipart uploads, a
+segment or manifest without its signature), so a crash or a restart at any point redoes
+at most the segment it was writing. One delivery runs at a time per destination: a
+thread lock in the process, and across processes an advisory lock on PostgreSQL (or a
+lock file beside an SQLite database); another process's delivery in progress makes this
+one `DeliveryBusyError`. Each delivered segment is itself a `portal.deliver` record in
+the log. The offline verifier's `--segments DIR` checks a folder (download a bucket's
+segments first, e.g. `aws s3 sync`): each segment's signature, bytes and records, the
+ranges contiguous from leaf 0, and the Merkle root of all leaves against the last
+segment's checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
+import hashlib
+import logging
 import os
 import re
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, func, select
 
 from . import access, evidence, signing, store
 from .access import Principal
-from .config import Settings
-from .errors import BadRequestError
+from .config import ObjectStore, Settings
+from .errors import BadRequestError, ConflictError
 from .formats import jsonl_chunks
 from .models import AUDIT
 from .record import FIELDS, format_instant
+from .storage import LocalStorage, PendingFile, S3Storage
 
+log = logging.getLogger(__name__)
 SEGMENT_RE = re.compile(r"^log-(\d+)-(\d+)\.jsonl\.gz$")
+PIECE_RE = re.compile(r"^(log-\d+-\d+\.jsonl\.gz)(\.manifest\.json|\.manifest\.sig)?$")
+PART_RE = re.compile(
+    r"^\.?log-\d+-\d+\.jsonl\.gz(\.manifest\.json|\.manifest\.sig)?(\.[0-9a-f]+)?\.part$"
+)
+MANIFEST, SIGNATURE = ".manifest.json", ".manifest.sig"
 MAX_SEGMENT = 100_000  # leaves per segment
 READ_BATCH = 5_000
 ACTION = "portal.deliver"
+
+
+class DeliveryBusyError(ConflictError):
+    """Another thread or process is delivering to the same place right now."""
 
 
 @dataclass(frozen=True)
@@ -54,64 +83,201 @@ def segment_name(first: int, last: int) -> str:
     return f"log-{first}-{last}.jsonl.gz"
 
 
-def complete_segments(folder: Path) -> list[tuple[int, int]]:
-    """(first, last) of every complete segment in the folder (file, manifest, signature)."""
+# -- where segments go ------------------------------------------------------------------------
+
+
+class Destination(Protocol):
+    """A place segments are delivered to, by file name."""
+
+    label: str  # the folder or the s3:// URL, as messages and the log's records name it
+
+    def names(self) -> Iterable[str]:
+        """The names of the files there."""
+        ...
+
+    def clear_unfinished(self) -> None:
+        """Drop what a killed writer left that has no name yet (part files, uploads)."""
+        ...
+
+    def open_writer(self, name: str) -> PendingFile:
+        """Start a file that stays invisible until publish() (which replaces one there)."""
+        ...
+
+    def put(self, name: str, data: bytes) -> None:
+        """Write a small file whole (replacing one there): it appears complete or not."""
+        ...
+
+    def delete(self, name: str) -> None:
+        """Remove a file; nothing happens when it is not there."""
+        ...
+
+
+class FolderDestination:
+    """A folder: part files fsynced, then renamed into place."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.label = str(folder)
+        self._files = LocalStorage(folder)
+
+    def names(self) -> list[str]:
+        return [p.name for p in self.folder.iterdir()] if self.folder.is_dir() else []
+
+    def clear_unfinished(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for path in self.folder.iterdir():
+            if PART_RE.match(path.name):  # ours, .NAME.<random>.part, and older NAME.part
+                path.unlink(missing_ok=True)
+
+    def open_writer(self, name: str) -> PendingFile:
+        return self._files.open_writer(name)
+
+    def put(self, name: str, data: bytes) -> None:
+        pending = self._files.open_writer(name)
+        try:
+            pending.write(data)
+            pending.finish()
+            pending.publish()
+        finally:
+            pending.discard()  # a no-op once published
+
+    def delete(self, name: str) -> None:
+        self._files.delete(name)
+
+
+class BucketDestination:
+    """Objects under s3://bucket/prefix/: one PUT each, a multipart upload when large."""
+
+    def __init__(self, objects: S3Storage) -> None:
+        self.objects = objects
+        self.label = objects.store.url
+
+    def names(self) -> list[str]:
+        return self.objects.names()
+
+    def clear_unfinished(self) -> None:
+        aborted = self.objects.abort_uploads(lambda name: SEGMENT_RE.match(name) is not None)
+        if aborted:
+            log.info("%s: aborted %d unfinished segment upload(s)", self.label, aborted)
+
+    def open_writer(self, name: str) -> PendingFile:
+        return self.objects.open_upload(name)
+
+    def put(self, name: str, data: bytes) -> None:
+        self.objects.put(name, data)
+
+    def delete(self, name: str) -> None:
+        self.objects.delete(name)
+
+
+def destination(to: Path | ObjectStore | Destination) -> Destination:
+    """The destination a setting names: a folder, or a bucket (one client per process)."""
+    if isinstance(to, Path):
+        return FolderDestination(to)
+    if isinstance(to, ObjectStore):
+        return BucketDestination(_bucket(to))
+    return to
+
+
+_BUCKETS: dict[ObjectStore, S3Storage] = {}
+
+
+def _bucket(store_: ObjectStore) -> S3Storage:
+    # boto3 clients are thread-safe and slow to make: one per bucket and process.
+    with _GUARD:
+        if store_ not in _BUCKETS:
+            _BUCKETS[store_] = S3Storage(store_, setting="AUDIT_DELIVERY_TO")
+        return _BUCKETS[store_]
+
+
+def check(to: Path | ObjectStore | None, *, setting: str = "AUDIT_DELIVERY_TO") -> None:
+    """Raise ConfigError naming the setting when its bucket cannot be used (a folder is
+    made when the first delivery runs)."""
+    if isinstance(to, ObjectStore):
+        _bucket(to).check(setting)
+
+
+def complete_segments(to: Path | ObjectStore | Destination) -> list[tuple[int, int]]:
+    """(first, last) of every complete segment there (file, manifest, signature)."""
+    return _complete(set(destination(to).names()))
+
+
+def _complete(names: set[str]) -> list[tuple[int, int]]:
     found = []
-    for path in folder.iterdir() if folder.is_dir() else ():
-        m = SEGMENT_RE.match(path.name)
-        halves = (_beside(path, ".manifest.json"), _beside(path, ".manifest.sig"))
-        if m and all(half.exists() for half in halves):
+    for name in names:
+        m = SEGMENT_RE.match(name)
+        if m and name + MANIFEST in names and name + SIGNATURE in names:
             found.append((int(m.group(1)), int(m.group(2))))
     return sorted(found)
 
 
-def next_leaf(folder: Path) -> int:
-    """The leaf a delivery to this folder starts at: after its last complete segment."""
-    done = complete_segments(folder)
+def next_leaf(to: Path | ObjectStore | Destination) -> int:
+    """The leaf a delivery there starts at: after its last complete segment."""
+    done = complete_segments(to)
     return done[-1][1] + 1 if done else 0
+
+
+# -- delivering ---------------------------------------------------------------------------------
 
 
 def deliver(
     engine: Engine,
-    folder: Path,
+    to: Path | ObjectStore | Destination,
     principal: Principal,
     settings: Settings,
     *,
     max_records: int = MAX_SEGMENT,
 ) -> list[Segment]:
-    """Deliver every leaf not yet in the folder, in segments of at most max_records.
+    """Deliver every leaf not yet there, in segments of at most max_records.
 
     Stops when only `portal.deliver` records are left to deliver, so an idle log does not
     get a segment per run holding the record of the previous run (they go with the next
-    segment that has anything else).
+    segment that has anything else). Raises DeliveryBusyError when another delivery to
+    the same place is under way.
     """
     if max_records < 1:
         raise BadRequestError("a segment holds at least one record")
-    folder.mkdir(parents=True, exist_ok=True)
-    delivered: list[Segment] = []
-    while True:
-        start = next_leaf(folder)
-        with engine.connect() as conn:
-            size = evidence.read_head(conn).size
-            if start > size:
-                raise BadRequestError(
-                    f"{folder} holds leaves up to {start - 1}, but the log has only {size}: "
-                    "it is another log's folder"
+    dest = destination(to)
+    with _exclusive(engine, dest):
+        dest.clear_unfinished()
+        start = _clear_incomplete(dest)
+        delivered: list[Segment] = []
+        while True:
+            with engine.connect() as conn:
+                size = evidence.read_head(conn).size
+                if start > size:
+                    raise BadRequestError(
+                        f"{dest.label} holds leaves up to {start - 1}, but the log has only "
+                        f"{size}: it is another log's delivery"
+                    )
+                if not _anything_but_deliveries(conn, start, size):
+                    return delivered
+            last = min(size, start + max_records) - 1
+            segment = _write_segment(engine, dest, start, last, principal)
+            with engine.begin() as conn:
+                access.record(
+                    conn,
+                    settings.self_namespace,
+                    principal,
+                    action=ACTION,
+                    resource=f"{dest.label} {segment.name}; sha256 {segment.sha256}",
+                    resource_type="LogSegment",
                 )
-            if not _anything_but_deliveries(conn, start, size):
-                return delivered
-        last = min(size, start + max_records) - 1
-        segment = _write_segment(engine, folder, start, last, principal)
-        with engine.begin() as conn:
-            access.record(
-                conn,
-                settings.self_namespace,
-                principal,
-                action=ACTION,
-                resource=f"{folder} {segment.name}; sha256 {segment.sha256}",
-                resource_type="LogSegment",
-            )
-        delivered.append(segment)
+            delivered.append(segment)
+            start = last + 1
+
+
+def _clear_incomplete(dest: Destination) -> int:
+    """Delete the pieces of segments without a signature (a crashed run's); return the
+    leaf after the last complete segment."""
+    names = set(dest.names())
+    done = {segment_name(a, b) for a, b in _complete(names)}
+    for name in sorted(names):
+        m = PIECE_RE.match(name)
+        if m and m.group(1) not in done and m.group(2) != SIGNATURE:
+            dest.delete(name)  # the segment or its manifest, never a signature
+    complete = _complete(names)
+    return complete[-1][1] + 1 if complete else 0
 
 
 def _anything_but_deliveries(conn: Connection, start: int, size: int) -> bool:
@@ -138,33 +304,50 @@ def _rows(conn: Connection, first: int, last: int) -> Iterator[list[tuple[str, .
         at = end + 1
 
 
-def _write_segment(engine: Engine, folder: Path, first: int, last: int, who: Principal) -> Segment:
+def _write_segment(
+    engine: Engine, dest: Destination, first: int, last: int, who: Principal
+) -> Segment:
+    """Write the segment, then its manifest, then its signature (now it is complete)."""
     name = segment_name(first, last)
-    final = folder / name
-    part = folder / (name + ".part")
     count, first_id, last_id = 0, None, None
-    with engine.connect() as conn, open(part, "wb") as raw:
-        hashing = signing.HashingSink(raw)
-        with gzip.GzipFile(filename="", mode="wb", fileobj=hashing, mtime=0) as gz:
-            for batch in _rows(conn, first, last):
-                first_id = first_id or batch[0][0]
-                last_id = batch[-1][0]
-                count += len(batch)
-                for chunk in jsonl_chunks([batch]):
-                    gz.write(chunk)
-        upto_seq = conn.execute(select(AUDIT.c.seq).where(AUDIT.c.leaf == last)).scalar_one()
-    records = (first, last, count, first_id, last_id)
-    signed = _sign(engine, name, records, upto_seq, who, hashing.hexdigest(), hashing.size)
-    manifest_part = folder / (name + ".manifest.json.part")
-    sig_part = folder / (name + ".manifest.sig.part")
-    manifest_part.write_bytes(signed.manifest)
-    sig_part.write_bytes(signed.signature)
-    for path in (part, manifest_part, sig_part):
-        _fsync(path)
-    os.replace(part, final)
-    os.replace(manifest_part, _beside(final, ".manifest.json"))
-    os.replace(sig_part, _beside(final, ".manifest.sig"))  # last: now the segment is complete
-    return Segment(first, last, name, hashing.hexdigest(), hashing.size)
+    pending = dest.open_writer(name)
+    try:
+        out = _Tee(pending)
+        with engine.connect() as conn:
+            with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0) as gz:
+                for batch in _rows(conn, first, last):
+                    first_id = first_id or batch[0][0]
+                    last_id = batch[-1][0]
+                    count += len(batch)
+                    for chunk in jsonl_chunks([batch]):
+                        gz.write(chunk)
+            upto_seq = conn.execute(select(AUDIT.c.seq).where(AUDIT.c.leaf == last)).scalar_one()
+        pending.finish()
+        digest, size = out.hashing.hexdigest(), out.hashing.size
+        records = (first, last, count, first_id, last_id)
+        signed = _sign(engine, name, records, upto_seq, who, digest, size)
+        pending.publish()
+    finally:
+        pending.discard()  # a no-op once published
+    dest.put(name + MANIFEST, signed.manifest)
+    dest.put(name + SIGNATURE, signed.signature)  # last: now the segment is complete
+    return Segment(first, last, name, digest, size)
+
+
+class _Tee:
+    """Hash and count what gzip writes, and pass it on to the pending file."""
+
+    def __init__(self, out: PendingFile) -> None:
+        self.out = out
+        self.hashing = signing.HashingSink()
+
+    def write(self, data: bytes) -> int:
+        self.hashing.write(data)
+        self.out.write(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        """Nothing to flush: the pending file keeps what it was given."""
 
 
 def _sign(
@@ -206,10 +389,60 @@ def _sign(
         )
 
 
-def _beside(path: Path, suffix: str) -> Path:
-    return path.with_name(path.name + suffix)
+# -- one delivery at a time per destination ---------------------------------------------------
+
+_GUARD = threading.Lock()
+_IN_PROCESS: dict[str, threading.Lock] = {}
 
 
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
+@contextlib.contextmanager
+def _exclusive(engine: Engine, dest: Destination) -> Iterator[None]:
+    """Hold this destination's delivery lock for the block, or raise DeliveryBusyError."""
+    label = dest.label
+    if isinstance(dest, FolderDestination):
+        label = str(dest.folder.resolve())  # the same folder whatever the working directory
+    with _GUARD:
+        lock = _IN_PROCESS.setdefault(label, threading.Lock())
+    if not lock.acquire(blocking=False):
+        raise DeliveryBusyError(f"another delivery to {dest.label} is under way")
+    try:
+        with _database_lock(engine, label) as held:
+            if not held:
+                raise DeliveryBusyError(f"another process is delivering to {dest.label} right now")
+            yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def _database_lock(engine: Engine, label: str) -> Iterator[bool]:
+    """Across processes: PostgreSQL's advisory lock for this destination (released when
+    the process dies, with its connection), or a lock file beside the SQLite database."""
+    if engine.dialect.name == "postgresql":
+        digest = hashlib.sha256(f"audit-delivery {label}".encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        with engine.connect() as conn:
+            held = bool(conn.execute(select(func.pg_try_advisory_lock(key))).scalar_one())
+            conn.commit()  # the lock belongs to the session: no transaction left open
+            try:
+                yield held
+            finally:
+                if held:
+                    conn.execute(select(func.pg_advisory_unlock(key)))
+                    conn.commit()
+        return
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield True  # one process only
+        return
+    path = Path(database).with_name(Path(database).name + "-delivery.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the process dies
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)

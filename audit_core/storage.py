@@ -5,6 +5,11 @@
     storage.open_writer(name) -> PendingFile: write() ... finish(), then publish() or discard()
     storage.exists(name) / size(name) / delete(name) / presigned_url(name, ...) / check()
 
+Log deliveries (audit_core.delivery) to a bucket use S3Storage too, for a few more calls:
+`names()` (the objects under the prefix), `put(name, data)` (a small object in one request),
+`open_upload(name)` (one request when the file stays under a part, else a multipart upload)
+and `abort_uploads(match)` (what a killed delivery left unfinished).
+
 A file being written has no visible name. Locally it is a `.NAME.<random>.part` file beside
 its final name, fsynced by `finish` and renamed into place by `publish`. In a bucket it is a
 multipart upload: every 8 MiB written goes out as one part (memory stays flat whatever the
@@ -36,7 +41,7 @@ import functools
 import logging
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -224,13 +229,19 @@ class S3Storage:
     """Job files as objects under s3://bucket/prefix/ (AUDIT_EXPORT_STORAGE)."""
 
     def __init__(
-        self, store: ObjectStore, *, part_size: int = PART_SIZE, client: S3Client | None = None
+        self,
+        store: ObjectStore,
+        *,
+        part_size: int = PART_SIZE,
+        client: S3Client | None = None,
+        setting: str = "AUDIT_EXPORT_STORAGE",
     ) -> None:
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"S3 parts are at least {MIN_PART_SIZE} bytes, got {part_size}")
         self.store = store
         self.part_size = part_size
         self.client = client or make_client(store)
+        self.setting = setting  # the setting that named this bucket, for check()'s message
 
     def open_writer(self, name: str) -> PendingFile:
         key = self.store.key(name)
@@ -252,6 +263,48 @@ class S3Storage:
             self.client.abort_multipart_upload(
                 Bucket=self.store.bucket, Key=key, UploadId=upload_id
             )
+
+    def open_upload(self, name: str) -> PendingFile:
+        """Start writing `name` without looking for earlier uploads (see abort_uploads): one
+        PUT when it stays under one part (small files: no upload to create or complete),
+        else a multipart upload begun when the first part is full."""
+        return _SmallOrMultipart(self, name)
+
+    def put(self, name: str, data: bytes) -> None:
+        """Store a small object whole, in one request (replacing any object of that name)."""
+        with s3_errors(f"store {name}"):
+            self.client.put_object(Bucket=self.store.bucket, Key=self.store.key(name), Body=data)
+
+    def _top(self) -> str:
+        return f"{self.store.prefix}/" if self.store.prefix else ""
+
+    def names(self) -> list[str]:
+        """The names of the objects right under the prefix (none of a deeper folder)."""
+        top, found = self._top(), []
+        with s3_errors("list the objects under the prefix"):
+            pages = self.client.get_paginator("list_objects_v2")
+            for page in pages.paginate(Bucket=self.store.bucket, Prefix=top):
+                for obj in page.get("Contents", []):
+                    name = obj.get("Key", "").removeprefix(top)
+                    if name and "/" not in name:
+                        found.append(name)
+        return found
+
+    def abort_uploads(self, match: Callable[[str], bool]) -> int:
+        """Abort the unfinished uploads right under the prefix whose name matches (what a
+        killed writer left: their parts cost storage); return how many."""
+        top, stale = self._top(), []
+        with s3_errors("list unfinished uploads"):
+            pages = self.client.get_paginator("list_multipart_uploads")
+            for page in pages.paginate(Bucket=self.store.bucket, Prefix=top):
+                for upload in page.get("Uploads", []):
+                    key, upload_id = upload.get("Key", ""), upload.get("UploadId")
+                    name = key.removeprefix(top)
+                    if upload_id and name and "/" not in name and match(name):
+                        stale.append((key, upload_id))
+        for key, upload_id in stale:
+            self._abort(key, upload_id)
+        return len(stale)
 
     def exists(self, name: str) -> bool:
         return self.size(name) is not None
@@ -296,25 +349,30 @@ class S3Storage:
                 operation, Params=params, ExpiresIn=expires_in
             )
 
-    def check(self) -> None:
-        """Reach the bucket with the credentials given, or say which setting to fix."""
+    def check(self, setting: str | None = None) -> None:
+        """Reach the bucket with the credentials given, or say which setting to fix (the
+        one that named the bucket, or `setting`)."""
+        name = setting or self.setting
         try:
             self.client.head_bucket(Bucket=self.store.bucket)
         except Exception as exc:
             if not _is_client_failure(exc):
                 raise
-            raise ConfigError(f"AUDIT_EXPORT_STORAGE {self.store.url}: {_why(exc)}") from None
+            why = _why(exc).replace("AUDIT_EXPORT_STORAGE", name)
+            raise ConfigError(f"{name} {self.store.url}: {why}") from None
 
 
 class _Multipart:
     """One multipart upload: parts go out as they fill; publish completes and checks it."""
 
-    def __init__(self, storage: S3Storage, key: str, upload_id: str) -> None:
+    def __init__(
+        self, storage: S3Storage, key: str, upload_id: str, written: bytearray | None = None
+    ) -> None:
         self.s3 = storage
         self.key = key
         self.upload_id = upload_id
-        self.size = 0
-        self._buffer = bytearray()  # at most one part plus one chunk
+        self._buffer = written if written is not None else bytearray()  # about one part
+        self.size = len(self._buffer)
         self._parts: list[CompletedPartTypeDef] = []
         self._settled = False  # completed or aborted: nothing left to discard
 
@@ -371,6 +429,46 @@ class _Multipart:
         if not self._settled:
             self._settled = True
             self.s3._abort(self.key, self.upload_id)
+
+
+class _SmallOrMultipart:
+    """One PUT for a file under one part; a multipart upload from its first full part on."""
+
+    def __init__(self, storage: S3Storage, name: str) -> None:
+        self.s3 = storage
+        self.name = name
+        self._small = bytearray()  # until it reaches a part; then the upload takes over
+        self._upload: _Multipart | None = None
+
+    def write(self, data: bytes) -> int:
+        if self._upload is not None:
+            return self._upload.write(data)
+        self._small += data
+        if len(self._small) >= self.s3.part_size:
+            key = self.s3.store.key(self.name)
+            with s3_errors(f"start the upload of {self.name}"):
+                made = self.s3.client.create_multipart_upload(Bucket=self.s3.store.bucket, Key=key)
+            # The upload takes the buffer over (no copy) and sends its full parts.
+            self._upload = _Multipart(self.s3, key, made["UploadId"], self._small)
+            self._small = bytearray()
+            self._upload.write(b"")
+        return len(data)
+
+    def finish(self) -> None:
+        if self._upload is not None:
+            self._upload.finish()
+
+    def publish(self) -> None:
+        if self._upload is not None:
+            self._upload.publish()
+        else:
+            self.s3.put(self.name, bytes(self._small))
+            self._small.clear()
+
+    def discard(self) -> None:
+        self._small.clear()
+        if self._upload is not None:
+            self._upload.discard()
 
 
 def make_client(store: ObjectStore) -> S3Client:

@@ -96,15 +96,19 @@ class Worker:
         log.info("export worker %s stopped", self.name)
 
     def _deliver_when_due(self) -> None:
-        """AUDIT_DELIVERY_DIR: deliver the new leaves every AUDIT_DELIVERY_SECONDS."""
-        folder = self.settings.delivery_dir
-        if folder is None or evidence.signer_for(self.engine) is None:
+        """AUDIT_DELIVERY_TO (a folder or a bucket): deliver the new leaves every
+        AUDIT_DELIVERY_SECONDS; skipped while another thread or host is delivering there."""
+        target = self.settings.delivery_target
+        if target is None or evidence.signer_for(self.engine) is None:
             return
         if time.monotonic() - self._last_delivery < self.settings.delivery_seconds:
             return
         self._last_delivery = time.monotonic()
         who = access.Principal(f"worker:{self.name}", "admin", None, "local")
-        delivery.deliver(self.engine, folder, who, self.settings)
+        try:
+            delivery.deliver(self.engine, target, who, self.settings)
+        except delivery.DeliveryBusyError as busy:
+            log.info("export worker %s: %s; delivering next time", self.name, busy.message)
 
     def _idle(self, bell: wakeup.Bell, seen: int) -> None:
         """Wait for a queued job's ring, the next poll, or stop (looked at twice a second)."""

@@ -34,7 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        settings = Settings.from_env()
+        # `deliver --to` names the destination in place of AUDIT_DELIVERY_TO.
+        settings = Settings.from_env(delivery_to=getattr(args, "delivery_to", None))
         return int(args.func(args, settings) or 0)
     except AuditError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

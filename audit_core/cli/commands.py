@@ -239,25 +239,35 @@ class _source:  # noqa: N801 - used as a context manager
 
 
 def cmd_deliver(args: argparse.Namespace, settings: Settings) -> int:
-    """Deliver the log's new leaves to a folder as signed segments (once, or --every N s)."""
+    """Deliver the log's new leaves to a folder or a bucket as signed segments (once, or
+    --every N s); the destination is `--to`, read into settings.delivery_to."""
     import signal
     import threading
 
     from .. import delivery
     from .common import cli_principal
 
+    target = settings.delivery_target
+    if target is None:  # argparse requires --to: only a caller of cmd_deliver itself
+        raise UsageError("deliver needs --to DIR or --to s3://bucket/prefix")
+    delivery.check(target, setting="--to")
     engine = open_engine(settings)
     evidence.require_signer(engine)
-    folder = Path(args.to)
+    where = delivery.destination(target).label
     stop = threading.Event()
     if args.every is not None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     while True:
-        for seg in delivery.deliver(
-            engine, folder, cli_principal(), settings, max_records=args.max_records
-        ):
-            print(f"{folder / seg.name}: leaves {seg.first}-{seg.last}", file=sys.stderr)
+        try:
+            for seg in delivery.deliver(
+                engine, target, cli_principal(), settings, max_records=args.max_records
+            ):
+                print(f"{where}/{seg.name}: leaves {seg.first}-{seg.last}", file=sys.stderr)
+        except delivery.DeliveryBusyError as busy:
+            if args.every is None:
+                raise
+            print(f"{busy.message}; trying again in {args.every:g}s", file=sys.stderr)
         if args.every is None or stop.wait(args.every):
             return 0
 
@@ -301,8 +311,16 @@ def register(sub: Any) -> None:
     )
     e.set_defaults(func=cmd_export)
 
-    dl = sub.add_parser("deliver", help="deliver the log to a folder as signed segments")
-    dl.add_argument("--to", required=True, metavar="DIR", help="the folder to deliver to")
+    dl = sub.add_parser(
+        "deliver", help="deliver the log to a folder or a bucket as signed segments"
+    )
+    dl.add_argument(
+        "--to",
+        dest="delivery_to",
+        required=True,
+        metavar="DIR|s3://BUCKET/PREFIX",
+        help="the folder, or the S3-compatible bucket and prefix, to deliver to",
+    )
     dl.add_argument(
         "--every", type=_positive_seconds, metavar="SECONDS", help="keep delivering (60s, 300)"
     )

@@ -7,6 +7,7 @@ import logging
 import signal
 from typing import Any
 
+from .. import delivery
 from ..config import Settings
 from ..errors import UsageError
 from ..storage import open_storage
@@ -24,6 +25,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     # boto3 (object storage) logs each credential lookup at INFO: keep the log to the jobs.
     logging.getLogger("botocore").setLevel(logging.WARNING)
     open_storage(settings).check()  # a bucket it cannot use: one line now, not per job
+    delivery.check(settings.delivery_target)
     engine = open_engine(settings)
     threads = WorkerThreads(engine, settings, concurrency=args.concurrency)
 
