@@ -51,19 +51,28 @@ def _q(name: str) -> str:
     return f'"{name}"'
 
 
-def _sqlite_csv_line() -> str:
+def _sqlite_csv_line(concat: bool) -> str:
     """Raw cells joined by 0xFF; 0xFD first when a free-text cell might need neutralising.
 
     Neither byte occurs in UTF-8 text, so the cells split back exactly. The 0xFD test is
     a cheap superset made of plain comparisons (no function calls): every formula lead
     character sorts below 'A', so a row whose free-text cells all sort at or above 'A'
     (the source address may also start with '.' to '<': digits, ':') needs no prefix.
+
+    With `concat` (SQLite 3.44 and later) the line is built by one concat() call, which
+    sizes the result once, instead of a chain of `||` that grows it 21 times: 16% fewer
+    instructions in SQLite per row (BENCHMARKS.md "Export paths"). Same bytes either way:
+    every column is NOT NULL, so concat()'s NULL-as-empty rule never applies.
     """
     ip = _q("sourceIP")
     clean = " AND ".join(f"{_q(f)} >= 'A'" for f in FREE_TEXT if f != "sourceIP")
     clean += f" AND ({ip} >= 'A' OR ({ip} >= '.' AND {ip} < '='))"
+    lead = f"CASE WHEN {clean} THEN x'' ELSE x'fd' END"
+    if concat:
+        cells = ", x'ff', ".join(_q(f) for f in FIELDS)
+        return f"CAST(concat({lead}, {cells}, x'0d0a') AS BLOB)"
     cells = " || x'ff' || ".join(_q(f) for f in FIELDS)
-    return f"CAST((CASE WHEN {clean} THEN x'' ELSE x'fd' END) || {cells} || x'0d0a' AS BLOB)"
+    return f"CAST(({lead}) || {cells} || x'0d0a' AS BLOB)"
 
 
 def _sqlite_json_object() -> str:
@@ -85,7 +94,8 @@ def _pg_json_object() -> str:
     return " || ".join(parts) + " || '}'"
 
 
-SQLITE_CSV_LINE = _sqlite_csv_line()
+SQLITE_CSV_LINE = _sqlite_csv_line(concat=True)
+SQLITE_CSV_LINE_OLD = _sqlite_csv_line(concat=False)  # SQLite before 3.44: no concat()
 PG_JSON_OBJECT = _pg_json_object()
 SQLITE_JSON_OBJECT = _sqlite_json_object()
 PG_COPY_COLUMNS = _pg_copy_columns()
@@ -136,7 +146,9 @@ def _sqlite_csv(conn: Connection, flt: AuditFilter, upto_seq: int | None) -> Ite
 
     yield CSV_HEADER.encode()
     chain = itertools.chain.from_iterable
-    for rows in _sqlite_lines(conn, SQLITE_CSV_LINE, flt, upto_seq):
+    modern = getattr(conn.dialect.dbapi, "sqlite_version_info", (0,)) >= (3, 44)
+    line = SQLITE_CSV_LINE if modern else SQLITE_CSV_LINE_OLD
+    for rows in _sqlite_lines(conn, line, flt, upto_seq):
         body = b"".join(chain(rows))
         n = len(rows)
         if (

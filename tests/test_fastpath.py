@@ -348,3 +348,44 @@ def test_clean_and_dirty_chunks_mixed(engine: Engine) -> None:
         chunks = list(fast)
         assert len(chunks) > 5
         assert b"".join(chunks) == plain_csv(conn, AuditFilter(), upto)
+
+
+def test_both_sqlite_line_builders_give_the_same_bytes(tmp_path) -> None:
+    """concat() (SQLite 3.44+) and the `||` chain (older SQLite) build identical lines.
+
+    Row by row on the nasty and random values (NUL included), through pysqlite3's SQLite;
+    then the whole export through the standard library's sqlite3 (3.40 here, so the
+    chain) equals the plain writer's bytes.
+    """
+    import sqlite3
+
+    from audit_core.db import make_engine, migrate
+
+    url = f"sqlite:///{tmp_path}/both.db"
+    eng = make_engine(url)
+    migrate(eng)
+    nul = {f: f"x{i}\x00,=" for i, f in enumerate(FIELDS[2:-1])}
+    nul.update(id="audit-20260301-999", timestamp="2026-03-01T00:00:00Z")
+    nul["checksum"] = compute_checksum(nul)
+    with eng.begin() as conn:
+        store.append(conn, [*nasty_records(), normalize(nul), *random_records(2000, seed=4)])
+    with eng.connect() as conn:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        if getattr(conn.dialect.dbapi, "sqlite_version_info", (0,)) < (3, 44):
+            pytest.skip("this SQLite has no concat()")
+        lines = [
+            [r[0] for r in raw.execute(f"SELECT {expr} FROM audit_records ORDER BY seq")]
+            for expr in (fastpath.SQLITE_CSV_LINE, fastpath.SQLITE_CSV_LINE_OLD)
+        ]
+    assert len(lines[0]) == 2000 + len(NASTY) + 1
+    assert lines[0] == lines[1]
+    eng.dispose()
+
+    old = make_engine(url, module=sqlite3)
+    with old.connect() as conn:
+        upto = query.max_seq(conn)
+        fast = fastpath.csv_chunks(conn, AuditFilter(), upto)
+        assert fast is not None
+        assert b"".join(fast) == plain_csv(conn, AuditFilter(), upto)
+    old.dispose()
