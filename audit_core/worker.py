@@ -152,6 +152,9 @@ class Worker:
                 log.warning("export worker %s: %s refused: %s", self.name, job_id, refusal)
                 jobs.fail(self.engine, job, self.settings, f"refused: {refusal}")
                 return
+            # Still ours? open_writer clears what earlier attempts left under the name, so a
+            # worker that was held up past its lease must not clear the new holder's upload.
+            jobs.renew(self.engine, job, self.timing.lease_seconds, 0)
             pending = self.storage.open_writer(job.file_name)
             size, digest, rows = self._write(job, plan, pending)
             self._sign(job, plan, job.file_name, size, digest)

@@ -377,6 +377,30 @@ def test_worker_that_lost_its_lease_never_publishes(engine: Engine, settings: Se
     assert parts(settings) == []
 
 
+def test_a_worker_held_up_past_its_lease_leaves_the_new_holders_upload_alone(
+    engine: Engine, settings: Settings
+) -> None:
+    """open_writer clears what earlier attempts left: only the lease holder may call it."""
+    add_demo(engine, 200)
+    job, direct = enqueue(engine, settings)
+    slow = Worker(engine, settings, timing=replace(FAST, lease_seconds=0.05), name="slow")
+    stalled = slow.claim()
+    assert stalled is not None
+    time.sleep(0.1)
+    rescuer = Worker(engine, settings, timing=FAST, name="rescuer")
+    taken = rescuer.claim()
+    assert taken is not None
+    upload = rescuer.storage.open_writer(taken.file_name)  # the holder's file, half written
+    upload.write(b"half")
+    slow.run(stalled)  # wakes up: must not clear the holder's upload
+    assert len(parts(settings)) == 1
+    upload.discard()
+    rescuer.run(taken)
+    row = job_row(engine, job.job_id)
+    assert (row.state, row.lease_owner) == ("completed", "rescuer")
+    assert finished_file(settings, job) == direct
+
+
 def test_in_process_worker_thread_runs_jobs_and_stops_cleanly(
     engine: Engine, settings: Settings
 ) -> None:
