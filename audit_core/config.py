@@ -12,9 +12,10 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
-from .errors import ConfigError
+from .errors import AuditError, ConfigError
+from .filters import AuditFilter
 
 DEFAULT_DATABASE_URL = "sqlite:///data/audit.db"
 
@@ -152,6 +153,66 @@ def _delivery(env: dict[str, str], command_line: str | None) -> Path | ObjectSto
     return target
 
 
+DELIVERY_FILTER_KEYS = ("action", "user", "namespace")
+
+
+def delivery_filter(raw: str, *, name: str = "AUDIT_DELIVERY_FILTER") -> AuditFilter | None:
+    """A delivery's filter written as a query string, `namespace=payments&action=user.*`
+    (keys action, user, namespace; a key may repeat, values may be comma lists, as in the
+    API), parsed with AuditFilter.parse; None for an empty value. Any other key, from/to
+    included (a delivery is continuous), or a value AuditFilter refuses is a ConfigError
+    naming the setting, `name`."""
+    example = "such as namespace=payments&action=user.*"
+    if any(c < " " or c == "\x7f" for c in raw):
+        raise ConfigError(f"{name} contains a control character, got {raw!r}")
+    text = raw.strip(" ")
+    if not text:
+        return None
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True)
+    except ValueError:
+        raise ConfigError(f"{name} must be a query string {example}, got {raw!r}") from None
+    given: dict[str, list[str]] = {}
+    for key, value in pairs:
+        if key in ("from", "to"):
+            raise ConfigError(
+                f"{name}: a delivery is continuous (every new record, by leaf), so it takes "
+                f"no {key}; give action, user or namespace, {example}"
+            )
+        if key not in DELIVERY_FILTER_KEYS:
+            raise ConfigError(
+                f"{name}: unknown key {key!r}; give action, user or namespace, {example}"
+            )
+        given.setdefault(key, []).append(value)
+    try:
+        flt = AuditFilter.parse(
+            action=given.get("action"), user=given.get("user"), namespace=given.get("namespace")
+        )
+    except AuditError as exc:
+        raise ConfigError(f"{name}: {exc.message}") from None
+    if not (flt.action_terms or flt.users or flt.namespaces):
+        raise ConfigError(
+            f"{name} {raw!r} names no action, user or namespace: unset it to deliver every record"
+        )
+    return flt
+
+
+def _delivery_filter(
+    env: dict[str, str], command_line: str | None, target: Path | ObjectStore | None
+) -> AuditFilter | None:
+    """AUDIT_DELIVERY_FILTER, for the worker's AUDIT_DELIVERY_TO; a command line's `deliver
+    --to` takes the place of both (its filter is its own --action, --user, --namespace)."""
+    if command_line is not None:
+        return None
+    flt = delivery_filter(env.get("AUDIT_DELIVERY_FILTER", ""))
+    if flt is not None and target is None:
+        raise ConfigError(
+            "AUDIT_DELIVERY_FILTER is set but AUDIT_DELIVERY_TO is not: set AUDIT_DELIVERY_TO "
+            "to a folder or s3://bucket/prefix, or unset AUDIT_DELIVERY_FILTER"
+        )
+    return flt
+
+
 def _check_endpoint_used(env: dict[str, str], *targets: object) -> None:
     """AUDIT_S3_ENDPOINT_URL set while nothing goes to a bucket is a mistake: say so."""
     endpoint = _endpoint_url(env.get("AUDIT_S3_ENDPOINT_URL", "").strip())
@@ -254,6 +315,9 @@ class Settings:
     delivery_to: Path | ObjectStore | None = None
     delivery_dir: Path | None = None  # AUDIT_DELIVERY_DIR, the older name of a folder's
     delivery_seconds: float = 60.0
+    # AUDIT_DELIVERY_FILTER: the worker delivers only the matching records of each leaf
+    # range (None: every record).
+    delivery_filter: AuditFilter | None = None
 
     @classmethod
     def from_env(
@@ -262,11 +326,13 @@ class Settings:
         """Read settings from environment variables (AUDIT_*).
 
         delivery_to: a command line's `deliver --to`, which takes the place of
-        AUDIT_DELIVERY_TO and AUDIT_DELIVERY_DIR (and is named `--to` in its errors).
+        AUDIT_DELIVERY_TO and AUDIT_DELIVERY_DIR (and is named `--to` in its errors), and
+        of AUDIT_DELIVERY_FILTER too (its filter is the command line's own).
         """
         env = dict(os.environ if env is None else env)
         export_storage = _object_store(env)
         delivery = _delivery(env, delivery_to)
+        delivery_filter_ = _delivery_filter(env, delivery_to, delivery)
         _check_endpoint_used(env, export_storage, delivery)
         url = env.get("AUDIT_DATABASE_URL", "").strip()
         admins = tuple(
@@ -296,6 +362,7 @@ class Settings:
             delivery_to=delivery,
             delivery_dir=delivery if isinstance(delivery, Path) else None,
             delivery_seconds=_seconds(env, "AUDIT_DELIVERY_SECONDS", 60.0),
+            delivery_filter=delivery_filter_,
         )
 
     @property

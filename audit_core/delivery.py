@@ -25,6 +25,20 @@ the log. The offline verifier's `--segments DIR` checks a folder (download a buc
 segments first, e.g. `aws s3 sync`): each segment's signature, bytes and records, the
 ranges contiguous from leaf 0, and the Merkle root of all leaves against the last
 segment's checkpoint.
+
+A filtered delivery (`flt`: actions, users, namespaces; never from/to, it is continuous)
+cuts the same contiguous leaf ranges, at the same points, but each segment holds only the
+records of its range that match; its manifest's `query` states the filter as an export's
+does and `records.count` counts those records (firstLeaf/lastLeaf still give the range,
+so ranges stay contiguous and resumable). A segment is written when its range holds
+anything but deliveries, as unfiltered, so it may hold no record at all (an empty gzip
+stream): its signed manifest still says "nothing of leaves a..b matched". A destination
+keeps one filter: a delivery asking another than the one its last complete segment's
+manifest states is refused before anything is written. The verifier checks a filtered
+folder's signatures, bytes, records, that each record matches the stated filter, and the
+ranges' contiguity; not the Merkle root, which needs every leaf: that a range holds every
+matching record rests on the portal's signature (any record can be proven included in the
+signed tree with `prove ID`). An unfiltered delivery's bytes and manifests are unchanged.
 """
 
 from __future__ import annotations
@@ -33,6 +47,7 @@ import contextlib
 import fcntl
 import gzip
 import hashlib
+import json
 import logging
 import os
 import re
@@ -41,18 +56,20 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+from urllib.parse import urlencode
 
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from . import access, evidence, signing, store
 from .access import Principal
 from .config import ObjectStore, Settings
 from .errors import BadRequestError, ConflictError
+from .filters import AuditFilter
 from .formats import jsonl_chunks
-from .models import AUDIT
+from .models import AUDIT, HEAD, MANIFESTS
 from .record import FIELDS, format_instant
-from .storage import LocalStorage, PendingFile, S3Storage
+from .storage import LocalStorage, PendingFile, S3Storage, s3_errors
 
 log = logging.getLogger(__name__)
 SEGMENT_RE = re.compile(r"^log-(\d+)-(\d+)\.jsonl\.gz$")
@@ -70,6 +87,10 @@ class DeliveryBusyError(ConflictError):
     """Another thread or process is delivering to the same place right now."""
 
 
+class FilterMismatchError(ConflictError):
+    """The destination holds a delivery of another filter than the one asked for."""
+
+
 @dataclass(frozen=True)
 class Segment:
     first: int
@@ -77,6 +98,7 @@ class Segment:
     name: str
     sha256: str
     size: int
+    count: int  # the records it holds: all its leaves, or fewer when filtered
 
 
 def segment_name(first: int, last: int) -> str:
@@ -105,6 +127,10 @@ class Destination(Protocol):
 
     def put(self, name: str, data: bytes) -> None:
         """Write a small file whole (replacing one there): it appears complete or not."""
+        ...
+
+    def read(self, name: str) -> bytes:
+        """The bytes of a small file there (a manifest)."""
         ...
 
     def delete(self, name: str) -> None:
@@ -141,6 +167,9 @@ class FolderDestination:
         finally:
             pending.discard()  # a no-op once published
 
+    def read(self, name: str) -> bytes:
+        return (self.folder / name).read_bytes()
+
     def delete(self, name: str) -> None:
         self._files.delete(name)
 
@@ -165,6 +194,14 @@ class BucketDestination:
 
     def put(self, name: str, data: bytes) -> None:
         self.objects.put(name, data)
+
+    def read(self, name: str) -> bytes:
+        objects = self.objects
+        with s3_errors(f"read {name}"):
+            got = objects.client.get_object(
+                Bucket=objects.store.bucket, Key=objects.store.key(name)
+            )
+            return got["Body"].read()
 
     def delete(self, name: str) -> None:
         self.objects.delete(name)
@@ -227,6 +264,7 @@ def deliver(
     settings: Settings,
     *,
     max_records: int = MAX_SEGMENT,
+    flt: AuditFilter | None = None,
 ) -> list[Segment]:
     """Deliver every leaf not yet there, in segments of at most max_records.
 
@@ -234,13 +272,21 @@ def deliver(
     get a segment per run holding the record of the previous run (they go with the next
     segment that has anything else). Raises DeliveryBusyError when another delivery to
     the same place is under way.
+
+    flt: deliver only the matching records of each leaf range (actions, users, namespaces;
+    None or a filter of no terms: every record). Raises FilterMismatchError, writing
+    nothing, when the destination's last complete segment states another filter.
     """
     if max_records < 1:
         raise BadRequestError("a segment holds at least one record")
+    wanted = normal_filter(flt)
     dest = destination(to)
     with _exclusive(engine, dest):
         dest.clear_unfinished()
-        start = _clear_incomplete(dest)
+        done = _clear_incomplete(dest)
+        if done is not None:
+            _check_same_filter(dest, segment_name(*done), wanted)
+        start = done[1] + 1 if done is not None else 0
         delivered: list[Segment] = []
         while True:
             with engine.connect() as conn:
@@ -253,23 +299,119 @@ def deliver(
                 if not _anything_but_deliveries(conn, start, size):
                     return delivered
             last = min(size, start + max_records) - 1
-            segment = _write_segment(engine, dest, start, last, principal)
+            segment = _write_segment(engine, dest, start, last, principal, wanted)
+            resource = f"{dest.label} {segment.name}; sha256 {segment.sha256}"
+            if wanted is not None:
+                resource += f"; {segment.count} records matching {filter_text(wanted)}"
             with engine.begin() as conn:
                 access.record(
                     conn,
                     settings.self_namespace,
                     principal,
                     action=ACTION,
-                    resource=f"{dest.label} {segment.name}; sha256 {segment.sha256}",
+                    resource=resource,
                     resource_type="LogSegment",
                 )
             delivered.append(segment)
             start = last + 1
 
 
-def _clear_incomplete(dest: Destination) -> int:
+# -- a delivery's filter ------------------------------------------------------------------------
+
+
+def normal_filter(flt: AuditFilter | None) -> AuditFilter | None:
+    """The filter a delivery keeps: its terms sorted (so the same filter is always stated
+    alike), None when it has none; a filter with from or to is refused."""
+    if flt is None:
+        return None
+    if flt.start is not None or flt.end is not None:
+        raise BadRequestError(
+            "a delivery is continuous (every new record, by leaf): its filter has no from or to"
+        )
+    out = AuditFilter(
+        actions=tuple(sorted(flt.actions)),
+        action_prefixes=tuple(sorted(flt.action_prefixes)),
+        users=tuple(sorted(flt.users)),
+        namespaces=tuple(sorted(flt.namespaces)),
+    )
+    return out if out.action_terms or out.users or out.namespaces else None
+
+
+def _terms(actions: Iterable[str], users: Iterable[str], namespaces: Iterable[str]) -> str:
+    given = [("action", list(actions)), ("user", list(users)), ("namespace", list(namespaces))]
+    text = urlencode([(k, ",".join(sorted(v))) for k, v in given if v], safe="*,@:/")
+    return text or "no filter (every record)"
+
+
+def filter_text(flt: AuditFilter | None) -> str:
+    """The filter as AUDIT_DELIVERY_FILTER writes it (`action=user.*&namespace=payments`),
+    or "no filter (every record)"."""
+    if flt is None:
+        return _terms((), (), ())
+    return _terms(flt.action_terms, flt.users, flt.namespaces)
+
+
+def _stated(query: Any) -> tuple[frozenset[str], frozenset[str], frozenset[str]] | None:
+    """A manifest's query.action, user and namespace as sets; None if it has none."""
+    if not isinstance(query, dict):
+        return None
+    out = []
+    for key in ("action", "user", "namespace"):
+        values = query.get(key)
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            return None
+        out.append(frozenset(values))
+    return out[0], out[1], out[2]
+
+
+def _check_same_filter(dest: Destination, name: str, wanted: AuditFilter | None) -> None:
+    """Refuse a delivery whose filter is not the one the last complete segment states."""
+    try:
+        query = json.loads(dest.read(name + MANIFEST)).get("query")
+    except (OSError, ValueError, AttributeError):
+        query = None
+    stated = _stated(query)
+    if stated is None:
+        raise FilterMismatchError(
+            f"{dest.label}: the manifest of {name} states no filter that can be read; "
+            "deliver to another place"
+        )
+    asked: tuple[frozenset[str], ...] = (frozenset(), frozenset(), frozenset())
+    if wanted is not None:
+        asked = (
+            frozenset(wanted.action_terms),
+            frozenset(wanted.users),
+            frozenset(wanted.namespaces),
+        )
+    if stated != asked:
+        raise FilterMismatchError(
+            f"{dest.label} holds a delivery of {_terms(*(sorted(v) for v in stated))} (up to "
+            f"{name}), not of {filter_text(wanted)}: a destination keeps one filter; deliver "
+            "to another place"
+        )
+
+
+def _matches(flt: AuditFilter, row: tuple[str, ...]) -> bool:
+    """Whether a record (a row in FIELDS order) matches the filter, as its SQL clause does."""
+    action, user, namespace = row[_ACTION], row[_USER], row[_NAMESPACE]
+    if (flt.actions or flt.action_prefixes) and not (
+        action in flt.actions or any(action.startswith(p) for p in flt.action_prefixes)
+    ):
+        return False
+    if flt.users and user.lower() not in flt.users:
+        return False
+    return not flt.namespaces or namespace in flt.namespaces
+
+
+_ACTION, _USER, _NAMESPACE = FIELDS.index("action"), FIELDS.index("user"), FIELDS.index("namespace")
+
+
+# -- writing a segment --------------------------------------------------------------------------
+
+
+def _clear_incomplete(dest: Destination) -> tuple[int, int] | None:
     """Delete the pieces of segments without a signature (a crashed run's); return the
-    leaf after the last complete segment."""
+    leaf range of the last complete segment (None: there is none)."""
     names = set(dest.names())
     done = {segment_name(a, b) for a, b in _complete(names)}
     for name in sorted(names):
@@ -277,7 +419,7 @@ def _clear_incomplete(dest: Destination) -> int:
         if m and m.group(1) not in done and m.group(2) != SIGNATURE:
             dest.delete(name)  # the segment or its manifest, never a signature
     complete = _complete(names)
-    return complete[-1][1] + 1 if complete else 0
+    return complete[-1] if complete else None
 
 
 def _anything_but_deliveries(conn: Connection, start: int, size: int) -> bool:
@@ -305,9 +447,16 @@ def _rows(conn: Connection, first: int, last: int) -> Iterator[list[tuple[str, .
 
 
 def _write_segment(
-    engine: Engine, dest: Destination, first: int, last: int, who: Principal
+    engine: Engine,
+    dest: Destination,
+    first: int,
+    last: int,
+    who: Principal,
+    flt: AuditFilter | None = None,
 ) -> Segment:
-    """Write the segment, then its manifest, then its signature (now it is complete)."""
+    """Write the segment, then its manifest, then its signature (now it is complete).
+    With a filter, every leaf of the range is still read (and must be there), and only the
+    matching records are written."""
     name = segment_name(first, last)
     count, first_id, last_id = 0, None, None
     pending = dest.open_writer(name)
@@ -316,6 +465,10 @@ def _write_segment(
         with engine.connect() as conn:
             with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0) as gz:
                 for batch in _rows(conn, first, last):
+                    if flt is not None:
+                        batch = [row for row in batch if _matches(flt, row)]
+                        if not batch:
+                            continue
                     first_id = first_id or batch[0][0]
                     last_id = batch[-1][0]
                     count += len(batch)
@@ -325,13 +478,13 @@ def _write_segment(
         pending.finish()
         digest, size = out.hashing.hexdigest(), out.hashing.size
         records = (first, last, count, first_id, last_id)
-        signed = _sign(engine, name, records, upto_seq, who, digest, size)
+        signed = _sign(engine, name, records, upto_seq, who, digest, size, flt)
         pending.publish()
     finally:
         pending.discard()  # a no-op once published
     dest.put(name + MANIFEST, signed.manifest)
     dest.put(name + SIGNATURE, signed.signature)  # last: now the segment is complete
-    return Segment(first, last, name, digest, size)
+    return Segment(first, last, name, digest, size, count)
 
 
 class _Tee:
@@ -358,35 +511,101 @@ def _sign(
     who: Principal,
     file_sha256: str,
     file_bytes: int,
+    flt: AuditFilter | None = None,
 ) -> evidence.SignedManifest:
-    """Sign the segment's manifest: leaves first..last, count, first and last id."""
+    """Sign the segment's manifest: leaves first..last, count, first and last id, and the
+    filter in its query (an unfiltered one states none)."""
     first, last, count, first_id, last_id = records
     now = datetime.now(UTC)
+    description = f"delivery of leaves {first}-{last}"
+    query: dict[str, Any] = {
+        "from": None,
+        "to": format_instant(now),
+        "action": [],
+        "user": [],
+        "namespace": [],
+        "format": "jsonl",
+        "description": description,
+    }
+    if flt is not None:
+        query |= {
+            "action": list(flt.action_terms),
+            "user": list(flt.users),
+            "namespace": list(flt.namespaces),
+            "description": f"{description}, the records matching {filter_text(flt)}",
+        }
+    fields: dict[str, Any] = {
+        "export_id": name.removesuffix(".jsonl.gz"),
+        "exported_at": format_instant(now),
+        "requested_by": {"user": who.email, "role": who.role, "channel": "cli"},
+        "query": query,
+        "upto_seq": upto_seq,
+        "count": count,
+        "first_id": first_id,
+        "last_id": last_id,
+        "file_name": name,
+        "file_bytes": file_bytes,
+        "file_sha256": file_sha256,
+    }
     with engine.begin() as conn:
         store.lock_head(conn)
-        return evidence.sign_manifest(
-            conn,
-            export_id=name.removesuffix(".jsonl.gz"),
-            exported_at=format_instant(now),
-            requested_by={"user": who.email, "role": who.role, "channel": "cli"},
-            query={
-                "from": None,
-                "to": format_instant(now),
-                "action": [],
-                "user": [],
-                "namespace": [],
-                "format": "jsonl",
-                "description": f"delivery of leaves {first}-{last}",
-            },
-            upto_seq=upto_seq,
-            count=count,
-            first_id=first_id,
-            last_id=last_id,
-            file_name=name,
-            file_bytes=file_bytes,
-            file_sha256=file_sha256,
-            leaves=(first, last),
+        if flt is None:
+            return evidence.sign_manifest(conn, **fields, leaves=(first, last))
+        return _sign_subset(conn, fields, (first, last))
+
+
+def _sign_subset(
+    conn: Connection, fields: dict[str, Any], leaves: tuple[int, int]
+) -> evidence.SignedManifest:
+    """evidence.sign_manifest for a segment holding fewer records than its leaf range
+    (signing.build_manifest insists on count == lastLeaf - firstLeaf + 1, true of an
+    unfiltered segment only): the same manifest, chain and keeping, with firstLeaf and
+    lastLeaf added to the manifest's records after build_manifest checked the rest."""
+    first, last = leaves
+    if not 0 <= fields["count"] <= last - first + 1:
+        raise ValueError("a filtered segment holds at most the records of its leaf range")
+    signer = evidence.require_signer(conn)
+    size = evidence.size_at(conn, fields["upto_seq"])
+    if size != last + 1:
+        raise ValueError("a segment holds leaves firstLeaf..lastLeaf at the tree of lastLeaf + 1")
+    note = evidence.note_at(conn, size)
+    previous = conn.execute(select(HEAD.c.last_manifest).where(HEAD.c.id == 1)).scalar()
+    built = signing.build_manifest(
+        export_id=fields["export_id"],
+        exported_at=fields["exported_at"],
+        requested_by=fields["requested_by"],
+        query=fields["query"],
+        tree_size=size,
+        root_hash=evidence.note_head(note)[2],
+        checkpoint=note,
+        count=fields["count"],
+        first_id=fields["first_id"],
+        last_id=fields["last_id"],
+        file_name=fields["file_name"],
+        file_bytes=fields["file_bytes"],
+        file_sha256=fields["file_sha256"],
+        previous_manifest=previous,
+    )
+    doc = json.loads(built)
+    doc["records"] |= {"firstLeaf": first, "lastLeaf": last}
+    manifest = signing.canonical_json(doc)
+    signature = signing.sign_bytes(signer.key, manifest)
+    digest = signing.manifest_digest(manifest)
+    requested_by = fields["requested_by"]
+    conn.execute(
+        insert(MANIFESTS).values(
+            export_id=fields["export_id"],
+            requested_by=requested_by["user"].lower(),
+            channel=requested_by["channel"],
+            file_name=fields["file_name"][:255],
+            manifest=manifest,
+            signature=signature,
+            sha256=digest,
+            created_at=datetime.now(UTC),
         )
+    )
+    conn.execute(update(HEAD).where(HEAD.c.id == 1).values(last_manifest=digest))
+    return evidence.SignedManifest(fields["export_id"], manifest, signature)
 
 
 # -- one delivery at a time per destination ---------------------------------------------------

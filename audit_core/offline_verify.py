@@ -11,6 +11,17 @@ manifest format, file name, file bytes, file sha256, records parse, record count
 record checksums, checkpoint signature, checkpoint snapshot, then one "inclusion proof" line
 per proof in P, then "kept checkpoint" and "consistency" when C and F are given.
 
+--segments DIR checks a delivery folder: each segment as above, its "leaf range", the
+ranges contiguous from the first with no gap or duplicate ("segments contiguous"), and, when
+they start at leaf 0, that all leaves hash to the root the last segment's checkpoint signs
+("segments tree"). A filtered delivery's segments (their manifests' query states actions,
+users or namespaces) hold only the matching records of their ranges: each record is checked
+against that filter ("records match filter"), every segment must state the same one
+("segments filter": filtered and unfiltered segments do not mix), and the Merkle root is
+not checked, since it needs every leaf: that each range holds every matching record rests on
+the portal's signature, and any record can be checked against the signed checkpoint with an
+inclusion proof (`python -m audit_core prove ID > P`, then SEGMENT --proofs P).
+
 Exit status: 0 every check passed; 1 a check failed (the FAIL line names it, and nothing after
 it is checked); 2 the input cannot be used (a missing or unreadable file, a key file that holds
 no key, malformed JSON), said in one line on stderr.
@@ -37,6 +48,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NoReturn, cast
+from urllib.parse import urlencode
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -971,14 +983,77 @@ def _segment_range(doc: Any) -> tuple[Any, Any, Any]:
     return records.get("firstLeaf"), records.get("lastLeaf"), snapshot.get("treeSize")
 
 
+@dataclass(frozen=True)
+class SegmentFilter:
+    """The filter a segment's manifest states: its query's action, user, namespace lists."""
+
+    actions: frozenset[str]
+    users: frozenset[str]
+    namespaces: frozenset[str]
+
+    @property
+    def filtered(self) -> bool:
+        return bool(self.actions or self.users or self.namespaces)
+
+    def text(self) -> str:
+        """As the portal writes it (`action=user.*&namespace=payments`)."""
+        given = [("action", self.actions), ("user", self.users), ("namespace", self.namespaces)]
+        text = urlencode([(k, ",".join(sorted(v))) for k, v in given if v], safe="*,@:/")
+        return text or "no filter (every record)"
+
+    def mismatch(self, rec: dict[str, str]) -> str | None:
+        """The field of a record outside the filter (None: it matches). Actions are exact
+        names or a family `prefix.*` (a lone `*` is every action), users any case."""
+        if self.actions and not any(
+            rec["action"].startswith(a[:-1]) if a.endswith("*") else rec["action"] == a
+            for a in self.actions
+        ):
+            return "action"
+        if self.users and rec["user"].lower() not in self.users:
+            return "user"
+        if self.namespaces and rec["namespace"] not in self.namespaces:
+            return "namespace"
+        return None
+
+
+def segment_filter(doc: Any) -> SegmentFilter:
+    """The filter a parsed segment manifest states, raising ValueError naming what is wrong."""
+    query = doc.get("query") if isinstance(doc, dict) else None
+    if not isinstance(query, dict):
+        raise ValueError("its manifest has no query")
+    lists = []
+    for key in ("action", "user", "namespace"):
+        values = query.get(key)
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise ValueError(f"its manifest's query.{key} is not a list of strings")
+        lists.append(frozenset(values))
+    return SegmentFilter(lists[0], frozenset(u.lower() for u in lists[1]), lists[2])
+
+
+def _filter_mismatch(path: Path, flt: SegmentFilter) -> tuple[int, str | None]:
+    """(records read, the first outside the filter, said in a sentence or None)."""
+    n = 0
+    with gzip.open(path, "rb") as fh:
+        for rec in _jsonl_records(cast(IO[bytes], fh)):
+            n += 1
+            field_name = flt.mismatch(rec)
+            if field_name is not None:
+                value = rec[field_name]
+                return n, f"record {rec['id']!r} (#{n}) has {field_name} {value!r}"
+    return n, None
+
+
 def iter_segment_checks(folder: Path | str, key_path: Path | str) -> Iterator[Check]:
     """Check a delivery folder: each segment as a bundle, their leaf ranges contiguous with
     no gap and no duplicate, and (when they start at leaf 0) the Merkle root of every
-    leaf against the last segment's signed snapshot. Ends at the first failure."""
+    leaf against the last segment's signed snapshot. Segments of a filtered delivery: every
+    record against the filter their manifests state alike, and no Merkle root (that needs
+    every leaf; completeness rests on the portal's signature). Ends at the first failure."""
     segments = _segments(Path(folder))
     expected = segments[0][0]
     leaves: list[bytes] = []
     root = size = None
+    stated: tuple[str, SegmentFilter] | None = None  # the first segment's name and filter
     for first, last, path in segments:
         if first != expected:
             what = "a gap" if first > expected else "an overlap or a duplicate"
@@ -992,7 +1067,8 @@ def iter_segment_checks(folder: Path | str, key_path: Path | str) -> Iterator[Ch
             if not check.ok:
                 return
         data = _read_bytes(Path(f"{path}.manifest.json"), "manifest")
-        got = _segment_range(_loads(data))
+        doc = _loads(data)
+        got = _segment_range(doc)
         if got[:2] != (first, last) or got[2] != last + 1:
             yield _fail(
                 f"{path.name}: leaf range",
@@ -1001,7 +1077,30 @@ def iter_segment_checks(folder: Path | str, key_path: Path | str) -> Iterator[Ch
             )
             return
         yield _ok(f"{path.name}: leaf range", f"leaves {first}-{last}, signed")
-        if segments[0][0] == 0:
+        try:
+            flt = segment_filter(doc)
+        except ValueError as exc:
+            yield _fail(f"{path.name}: records match filter", str(exc))
+            return
+        if stated is None:
+            stated = (path.name, flt)
+        elif flt != stated[1]:
+            yield _fail(
+                "segments filter",
+                f"{path.name} holds {flt.text()}, {stated[0]} {stated[1].text()}: the "
+                "segments of one folder are one delivery's, filtered alike",
+            )
+            return
+        if flt.filtered:
+            n, bad = _filter_mismatch(path, flt)
+            if bad is not None:
+                yield _fail(
+                    f"{path.name}: records match filter",
+                    f"{bad}, outside the filter its manifest states, {flt.text()}",
+                )
+                return
+            yield _ok(f"{path.name}: records match filter", f"all {n} match {flt.text()}")
+        elif segments[0][0] == 0:
             leaves.extend(_segment_leaves(path))
         root = parse_manifest(data).root_hash
         size = last + 1
@@ -1011,6 +1110,20 @@ def iter_segment_checks(folder: Path | str, key_path: Path | str) -> Iterator[Ch
         "segments contiguous",
         f"{len(segments)} segment(s) cover leaves {start}-{expected - 1}, no gap, no duplicate",
     )
+    if stated is not None and stated[1].filtered:
+        yield _ok(
+            "segments filter",
+            f"every segment holds only records matching {stated[1].text()} (checked one by one)",
+        )
+        yield _ok(
+            "segments tree",
+            "not checked: the segments hold only the records matching their filter, and the "
+            "Merkle root needs every leaf; that each leaf range holds every matching record "
+            "rests on the portal's signature of its manifest, and any record can be checked "
+            "against the signed checkpoint with an inclusion proof "
+            "(python -m audit_core prove ID)",
+        )
+        return
     if start != 0:
         yield _ok("segments tree", f"not checked: the first segment starts at leaf {start}")
         return

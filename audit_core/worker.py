@@ -97,7 +97,9 @@ class Worker:
 
     def _deliver_when_due(self) -> None:
         """AUDIT_DELIVERY_TO (a folder or a bucket): deliver the new leaves every
-        AUDIT_DELIVERY_SECONDS; skipped while another thread or host is delivering there."""
+        AUDIT_DELIVERY_SECONDS (only the records matching AUDIT_DELIVERY_FILTER, when set);
+        skipped while another thread or host is delivering there, or while the destination
+        holds another filter's delivery (logged, one line each time)."""
         target = self.settings.delivery_target
         if target is None or evidence.signer_for(self.engine) is None:
             return
@@ -106,9 +108,13 @@ class Worker:
         self._last_delivery = time.monotonic()
         who = access.Principal(f"worker:{self.name}", "admin", None, "local")
         try:
-            delivery.deliver(self.engine, target, who, self.settings)
+            delivery.deliver(
+                self.engine, target, who, self.settings, flt=self.settings.delivery_filter
+            )
         except delivery.DeliveryBusyError as busy:
             log.info("export worker %s: %s; delivering next time", self.name, busy.message)
+        except delivery.FilterMismatchError as mismatch:
+            log.error("export worker %s: not delivering: %s", self.name, mismatch.message)
 
     def _idle(self, bell: wakeup.Bell, seen: int) -> None:
         """Wait for a queued job's ring, the next poll, or stop (looked at twice a second)."""

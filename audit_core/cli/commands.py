@@ -240,7 +240,8 @@ class _source:  # noqa: N801 - used as a context manager
 
 def cmd_deliver(args: argparse.Namespace, settings: Settings) -> int:
     """Deliver the log's new leaves to a folder or a bucket as signed segments (once, or
-    --every N s); the destination is `--to`, read into settings.delivery_to."""
+    --every N s); the destination is `--to`, read into settings.delivery_to; --action,
+    --user and --namespace (as `export` reads them) keep only the matching records."""
     import signal
     import threading
 
@@ -250,6 +251,9 @@ def cmd_deliver(args: argparse.Namespace, settings: Settings) -> int:
     target = settings.delivery_target
     if target is None:  # argparse requires --to: only a caller of cmd_deliver itself
         raise UsageError("deliver needs --to DIR or --to s3://bucket/prefix")
+    flt = delivery.normal_filter(
+        AuditFilter.parse(action=args.action, user=args.user, namespace=args.namespace)
+    )
     delivery.check(target, setting="--to")
     engine = open_engine(settings)
     evidence.require_signer(engine)
@@ -261,9 +265,10 @@ def cmd_deliver(args: argparse.Namespace, settings: Settings) -> int:
     while True:
         try:
             for seg in delivery.deliver(
-                engine, target, cli_principal(), settings, max_records=args.max_records
+                engine, target, cli_principal(), settings, max_records=args.max_records, flt=flt
             ):
-                print(f"{where}/{seg.name}: leaves {seg.first}-{seg.last}", file=sys.stderr)
+                held = "" if flt is None else f", {seg.count} matching records"
+                print(f"{where}/{seg.name}: leaves {seg.first}-{seg.last}{held}", file=sys.stderr)
         except delivery.DeliveryBusyError as busy:
             if args.every is None:
                 raise
@@ -327,6 +332,11 @@ def register(sub: Any) -> None:
     dl.add_argument(
         "--max-records", type=int, default=100_000, help="leaves per segment (default 100000)"
     )
+    dl.add_argument(
+        "--action", help="deliver only these actions, comma-separated; family.* for a family"
+    )
+    dl.add_argument("--user", help="deliver only these users, comma-separated, any case")
+    dl.add_argument("--namespace", help="deliver only these namespaces, comma-separated")
     dl.set_defaults(func=cmd_deliver)
 
     v = sub.add_parser("verify", help="check checksums, the hash chain and the day counts")
