@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
-from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, func, select
 
 from . import access, evidence, signing, store
 from .access import Principal
@@ -67,7 +67,7 @@ from .config import ObjectStore, Settings
 from .errors import BadRequestError, ConflictError
 from .filters import AuditFilter
 from .formats import jsonl_chunks
-from .models import AUDIT, HEAD, MANIFESTS
+from .models import AUDIT
 from .record import FIELDS, format_instant
 from .storage import LocalStorage, PendingFile, S3Storage, s3_errors
 
@@ -549,63 +549,7 @@ def _sign(
     }
     with engine.begin() as conn:
         store.lock_head(conn)
-        if flt is None:
-            return evidence.sign_manifest(conn, **fields, leaves=(first, last))
-        return _sign_subset(conn, fields, (first, last))
-
-
-def _sign_subset(
-    conn: Connection, fields: dict[str, Any], leaves: tuple[int, int]
-) -> evidence.SignedManifest:
-    """evidence.sign_manifest for a segment holding fewer records than its leaf range
-    (signing.build_manifest insists on count == lastLeaf - firstLeaf + 1, true of an
-    unfiltered segment only): the same manifest, chain and keeping, with firstLeaf and
-    lastLeaf added to the manifest's records after build_manifest checked the rest."""
-    first, last = leaves
-    if not 0 <= fields["count"] <= last - first + 1:
-        raise ValueError("a filtered segment holds at most the records of its leaf range")
-    signer = evidence.require_signer(conn)
-    size = evidence.size_at(conn, fields["upto_seq"])
-    if size != last + 1:
-        raise ValueError("a segment holds leaves firstLeaf..lastLeaf at the tree of lastLeaf + 1")
-    note = evidence.note_at(conn, size)
-    previous = conn.execute(select(HEAD.c.last_manifest).where(HEAD.c.id == 1)).scalar()
-    built = signing.build_manifest(
-        export_id=fields["export_id"],
-        exported_at=fields["exported_at"],
-        requested_by=fields["requested_by"],
-        query=fields["query"],
-        tree_size=size,
-        root_hash=evidence.note_head(note)[2],
-        checkpoint=note,
-        count=fields["count"],
-        first_id=fields["first_id"],
-        last_id=fields["last_id"],
-        file_name=fields["file_name"],
-        file_bytes=fields["file_bytes"],
-        file_sha256=fields["file_sha256"],
-        previous_manifest=previous,
-    )
-    doc = json.loads(built)
-    doc["records"] |= {"firstLeaf": first, "lastLeaf": last}
-    manifest = signing.canonical_json(doc)
-    signature = signing.sign_bytes(signer.key, manifest)
-    digest = signing.manifest_digest(manifest)
-    requested_by = fields["requested_by"]
-    conn.execute(
-        insert(MANIFESTS).values(
-            export_id=fields["export_id"],
-            requested_by=requested_by["user"].lower(),
-            channel=requested_by["channel"],
-            file_name=fields["file_name"][:255],
-            manifest=manifest,
-            signature=signature,
-            sha256=digest,
-            created_at=datetime.now(UTC),
-        )
-    )
-    conn.execute(update(HEAD).where(HEAD.c.id == 1).values(last_manifest=digest))
-    return evidence.SignedManifest(fields["export_id"], manifest, signature)
+        return evidence.sign_manifest(conn, **fields, leaves=(first, last))
 
 
 # -- one delivery at a time per destination ---------------------------------------------------

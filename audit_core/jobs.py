@@ -304,22 +304,24 @@ def seconds_left(
 ) -> float:
     """How long until an active job's file is ready, as well as can be told now.
 
-    While it runs: the rows left at the pace it has kept so far. Before it starts (or
-    before its first rows): its size at the job path's measured pace for the engine and
+    While it runs: the rows left at the pace it has kept so far; before its first report
+    of rows (the first lease renewal), its size at the measured pace less the time it has
+    run. Before it starts: its size at the job path's measured pace for the engine and
     format (PACE; ASSUMED_ROWS_PER_SECOND when unknown), plus the time until a retry may
     start.
     """
     now = now or datetime.now(UTC)
     left_rows = max(job.estimated_records - job.rows_written, 0)
     started = job.started_at
-    if job.state == JobState.PROCESSING.value and started is not None and job.rows_written > 0:
+    pace = PACE.get((engine or "", job.format), ASSUMED_ROWS_PER_SECOND)
+    if job.state == JobState.PROCESSING.value and started is not None:
         elapsed = (now - _aware(started)).total_seconds()
-        if elapsed > 0:
+        if job.rows_written > 0 and elapsed > 0:
             return left_rows / (job.rows_written / elapsed)
+        return max(left_rows / pace - max(elapsed, 0.0), 0.0)
     wait = 0.0
     if retry_at is not None:
         wait = max((_aware(retry_at) - now).total_seconds(), 0.0)
-    pace = PACE.get((engine or "", job.format), ASSUMED_ROWS_PER_SECOND)
     return wait + left_rows / pace
 
 

@@ -231,7 +231,8 @@ def build_manifest(
     """Return the canonical JSON bytes of an export manifest, exactly the DESIGN's keys.
 
     A delivery segment's manifest also carries its leaf range: `records.firstLeaf` and
-    `records.lastLeaf` (`leaves`), and its snapshot is the tree of lastLeaf + 1 leaves.
+    `records.lastLeaf` (`leaves`), and its snapshot is the tree of lastLeaf + 1 leaves; its
+    count is the range's size, or at most that when its query has a filter.
     """
     _exact_keys("requestedBy", requested_by, REQUESTED_BY_KEYS)
     _exact_keys("query", query, QUERY_KEYS)
@@ -243,8 +244,15 @@ def build_manifest(
         raise ValueError("previousManifest must be 64 lowercase hex digits or None")
     if count < 0 or file_bytes < 0 or (count == 0) != (first_id is None and last_id is None):
         raise ValueError("records: a count of 0 has no first or last id, any other count has")
-    if leaves is not None and (leaves[1] - leaves[0] + 1 != count or tree_size != leaves[1] + 1):
-        raise ValueError("a segment holds leaves firstLeaf..lastLeaf at the tree of lastLeaf + 1")
+    if leaves is not None:
+        # Every record of the range, or (a filtered delivery) the ones matching the query.
+        span = leaves[1] - leaves[0] + 1
+        filtered = any(query[k] for k in ("action", "user", "namespace"))
+        if tree_size != leaves[1] + 1 or count > span or (count != span and not filtered):
+            raise ValueError(
+                "a segment holds leaves firstLeaf..lastLeaf (all of them, or the ones its "
+                "filter matches) at the tree of lastLeaf + 1"
+            )
     root_b64 = base64.b64encode(root_hash).decode("ascii")
     _check_note_head(checkpoint, tree_size, root_b64)
     manifest = {

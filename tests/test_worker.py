@@ -634,6 +634,22 @@ def test_retry_after_follows_the_jobs_own_pace_once_it_has_one() -> None:
     assert jobs.retry_after(info(estimated_records=10**9), now) == jobs.MAX_RETRY_AFTER
 
 
+def test_a_running_job_with_no_rows_reported_yet_counts_the_time_it_has_run() -> None:
+    """Before its first lease renewal a job reports no rows: its time left still shrinks,
+    so a poller who comes back after Retry-After is held for the file (the long-poll)."""
+    start = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    running = info(format="json", estimated_records=1_000_000, state="processing")
+    running = replace(running, started_at=start)
+    pace = jobs.PACE[("postgresql", "json")]
+    at = start + timedelta(seconds=2)
+    assert jobs.seconds_left(running, at, engine="postgresql") == pytest.approx(
+        1_000_000 / pace - 2
+    )
+    late = start + timedelta(seconds=60)
+    assert jobs.seconds_left(running, late, engine="postgresql") == 0.0
+    assert jobs.retry_after(running, late, engine="postgresql") == 1
+
+
 def test_retry_after_uses_the_measured_pace_of_the_engine_and_format() -> None:
     now = datetime(2026, 3, 1, 12, 0, 10, tzinfo=UTC)
     csv_job = info(format="csv", estimated_records=1_400_000)
