@@ -343,15 +343,23 @@ def test_another_filter_to_the_same_destination_is_refused_and_writes_nothing(
         delivery.deliver(engine, plain, LOCAL_ADMIN, settings, flt=FILTER)
 
 
+@pytest.mark.parametrize(
+    "given",
+    [
+        ("--action", "user.*,incident.create", "--namespace", "production,payments"),
+        ("--filter", "action=user.*,incident.create&namespace=production&namespace=payments"),
+    ],
+    ids=["options", "query"],
+)
 def test_deliver_on_the_command_line_filters_like_export(
-    engine: Engine, settings: Settings, env: dict[str, str], tmp_path: Path
+    engine: Engine, settings: Settings, env: dict[str, str], tmp_path: Path, given: tuple[str]
 ) -> None:
     add_demo(engine, 200)
     folder = tmp_path / "cli"
     done = subprocess.run(
         [
             *(sys.executable, "-m", "audit_core", "deliver", "--to", str(folder)),
-            *("--action", "user.*,incident.create", "--namespace", "production,payments"),
+            *given,
             *("--max-records", "100"),
         ],
         cwd=ROOT,
@@ -375,6 +383,9 @@ def test_deliver_on_the_command_line_filters_like_export(
         ["--action", "user*"],
         ["--user", "a\tb"],
         ["--namespace", ",".join(f"n{i}" for i in range(51))],
+        ["--filter", "from=2026-03-01T00:00:00Z"],
+        ["--filter", "verb=delete"],
+        ["--filter", "namespace=payments", "--action", "user.*"],
     ],
 )
 def test_deliver_refuses_a_bad_filter_option_in_one_line(tmp_path: Path, args: list[str]) -> None:

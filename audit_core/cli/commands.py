@@ -12,7 +12,7 @@ from typing import IO, Any
 from .. import evidence, manifests, signing, store
 from .. import export as export_mod
 from .. import ingest as ingest_mod
-from ..config import Settings
+from ..config import Settings, delivery_filter
 from ..db import refresh_statistics
 from ..errors import UsageError
 from ..filters import AuditFilter, parse_format
@@ -251,9 +251,13 @@ def cmd_deliver(args: argparse.Namespace, settings: Settings) -> int:
     target = settings.delivery_target
     if target is None:  # argparse requires --to: only a caller of cmd_deliver itself
         raise UsageError("deliver needs --to DIR or --to s3://bucket/prefix")
-    flt = delivery.normal_filter(
-        AuditFilter.parse(action=args.action, user=args.user, namespace=args.namespace)
-    )
+    if args.filter is not None:
+        if args.action or args.user or args.namespace:
+            raise UsageError("give --filter or --action/--user/--namespace, not both")
+        flt = delivery_filter(args.filter, name="--filter")
+    else:
+        flt = AuditFilter.parse(action=args.action, user=args.user, namespace=args.namespace)
+    flt = delivery.normal_filter(flt)
     delivery.check(target, setting="--to")
     engine = open_engine(settings)
     evidence.require_signer(engine)
@@ -337,6 +341,12 @@ def register(sub: Any) -> None:
     )
     dl.add_argument("--user", help="deliver only these users, comma-separated, any case")
     dl.add_argument("--namespace", help="deliver only these namespaces, comma-separated")
+    dl.add_argument(
+        "--filter",
+        metavar="QUERY",
+        help="the same filter as one query string, namespace=payments&action=user.* "
+        "(as AUDIT_DELIVERY_FILTER is written)",
+    )
     dl.set_defaults(func=cmd_deliver)
 
     v = sub.add_parser("verify", help="check checksums, the hash chain and the day counts")
