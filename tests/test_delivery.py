@@ -16,7 +16,7 @@ from sqlalchemy import Engine, func, select
 
 from audit_core import delivery, evidence, offline_verify, signing, store
 from audit_core.access import LOCAL_ADMIN
-from audit_core.config import Settings, Timing
+from audit_core.config import ObjectStore, Settings, Timing
 from audit_core.models import AUDIT
 from audit_core.record import normalize
 from audit_core.worker import WorkerThreads
@@ -177,20 +177,27 @@ def test_deliver_refuses_a_bad_period(env: dict[str, str], tmp_path: Path, bad: 
     assert done.returncode == 2 and "Traceback" not in done.stderr
 
 
+def run_schedule(
+    engine: Engine, scheduled: Settings, target: Path | ObjectStore, concurrency: int = 1
+) -> None:
+    """Run worker threads with `scheduled`'s delivery until a segment is complete at target."""
+    quick = Timing(poll_seconds=0.05, heartbeat_seconds=0.2)
+    handle = WorkerThreads(engine, scheduled, timing=quick, concurrency=concurrency).start()
+    try:
+        deadline = time.monotonic() + 60
+        while not delivery.complete_segments(target) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        handle.stop()
+
+
 def test_the_worker_delivers_on_its_schedule(
     engine: Engine, settings: Settings, tmp_path: Path
 ) -> None:
     add_demo(engine, 120)
     folder = tmp_path / "scheduled"
-    quick = Timing(poll_seconds=0.05, heartbeat_seconds=0.2)
     scheduled = replace(settings, delivery_dir=folder, delivery_seconds=3600)
-    handle = WorkerThreads(engine, scheduled, timing=quick).start()
-    try:
-        deadline = time.monotonic() + 60
-        while not delivery.complete_segments(folder) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        handle.stop()
+    run_schedule(engine, scheduled, folder)
     assert delivery.complete_segments(folder) == [(0, 119)]
     assert count(engine, delivery.ACTION) == 1
     assert failed(checks(folder, key_file(engine, tmp_path))) is None

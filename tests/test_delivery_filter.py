@@ -34,7 +34,7 @@ from audit_core.worker import WorkerThreads
 
 from .conftest import add_demo, seed_record
 from .s3_server import REGION, S3Server, running
-from .test_delivery import checks, count, failed, key_file
+from .test_delivery import checks, count, failed, key_file, run_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 VERIFIER = str(ROOT / "audit_core" / "offline_verify.py")
@@ -477,15 +477,8 @@ def test_the_worker_delivers_with_its_filter_on_its_schedule(
     add_demo(engine, 120)
     folder = tmp_path / "scheduled"
     flt = AuditFilter.parse(namespace="payments,production")
-    quick = Timing(poll_seconds=0.05, heartbeat_seconds=0.2)
     scheduled = replace(settings, delivery_to=folder, delivery_seconds=3600, delivery_filter=flt)
-    handle = WorkerThreads(engine, scheduled, timing=quick).start()
-    try:
-        deadline = time.monotonic() + 60
-        while not delivery.complete_segments(folder) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        handle.stop()
+    run_schedule(engine, scheduled, folder)
     assert delivery.complete_segments(folder) == [(0, 119)]
     path = folder / "log-0-119.jsonl.gz"
     assert [r["id"] for r in records(path)] == matching_ids(engine, flt, 0, 119)
@@ -499,7 +492,7 @@ def test_the_worker_delivers_with_its_filter_on_its_schedule(
     before = files(folder)
     other = replace(scheduled, delivery_filter=AuditFilter.parse(namespace="staging"))
     caplog.set_level(logging.ERROR, logger="audit_core.worker")
-    handle = WorkerThreads(engine, other, timing=quick).start()
+    handle = WorkerThreads(engine, other, timing=Timing(poll_seconds=0.05)).start()
     try:
         deadline = time.monotonic() + 60
         while "not delivering" not in caplog.text and time.monotonic() < deadline:

@@ -26,15 +26,14 @@ from sqlalchemy import Engine
 
 from audit_core import delivery, store
 from audit_core.access import LOCAL_ADMIN
-from audit_core.config import ObjectStore, Settings, Timing
+from audit_core.config import ObjectStore, Settings
 from audit_core.errors import ConfigError
 from audit_core.record import normalize
 from audit_core.storage import MIN_PART_SIZE, S3Storage
-from audit_core.worker import WorkerThreads
 
 from .conftest import add_demo, seed_record
 from .s3_server import REGION, S3Server, running
-from .test_delivery import checks, count, failed, key_file, tree_size
+from .test_delivery import checks, count, failed, key_file, run_schedule, tree_size
 
 pytestmark = pytest.mark.xdist_group("s3")  # one server for the module, on one xdist worker
 
@@ -288,15 +287,8 @@ def test_the_worker_delivers_to_the_bucket_on_its_schedule(
     from_env = Settings.from_env(env)
     assert from_env.delivery_target == bucket
     add_demo(engine, 120)
-    quick = Timing(poll_seconds=0.05, heartbeat_seconds=0.2)
     scheduled = replace(settings, delivery_to=from_env.delivery_to, delivery_seconds=3600)
-    handle = WorkerThreads(engine, scheduled, timing=quick, concurrency=2).start()
-    try:
-        deadline = time.monotonic() + 60
-        while not delivery.complete_segments(bucket) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        handle.stop()
+    run_schedule(engine, scheduled, bucket, concurrency=2)
     assert delivery.complete_segments(bucket) == [(0, 119)]
     assert count(engine, delivery.ACTION) == 1  # two worker threads, one delivery
     local = download(s3_server, bucket, tmp_path / "downloaded")
