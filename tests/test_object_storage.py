@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -465,6 +466,27 @@ def test_a_download_is_a_302_to_a_presigned_link_recorded_once(portal: Portal) -
     assert downloads(portal.ctx.engine, job.job_id) == [
         f"{job.job_id} (csv, {job.estimated_records} rows)"
     ]  # the same record as a local download, written when the link is handed out
+
+
+def test_a_store_that_fails_is_a_503_that_hands_out_and_records_nothing(portal: Portal) -> None:
+    job, _ = finished_job(portal)
+    store = portal.ctx.settings.export_storage
+    assert store is not None
+    with socket.socket() as probe:  # a loopback port where nothing listens: the store is down
+        probe.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    gone = replace(store, endpoint_url=down)
+    broken = replace(portal.ctx, settings=replace(portal.ctx.settings, export_storage=gone))
+    previous = context.install(broken)
+    try:
+        resp = portal.get(f"/audit/export/download/{job.job_id}", "ana")
+    finally:
+        context.install(previous)
+    assert resp.status_code == 503, resp.text
+    assert resp.json()["reason"] == "ServiceUnavailable"
+    assert "the object store could not" in resp.json()["message"]
+    assert "location" not in resp.headers
+    assert downloads(portal.ctx.engine, job.job_id) == []
 
 
 def test_a_portal_signed_link_gets_the_302_too(portal: Portal) -> None:

@@ -462,6 +462,11 @@ def _download_operation(file_content: dict[str, Any], job_content: dict[str, Any
                 "or address.",
                 "Retry-After",
             ),
+            "503": _error(
+                "With object storage: the store could not be reached or refused the portal "
+                "(the message says which); nothing was handed out and nothing audited. Try "
+                "again later."
+            ),
             **_COMMON_ERRORS,
         },
     }
