@@ -295,6 +295,9 @@ class Settings:
     # None: job files in export_dir (the embedded default); else in this bucket (storage.py)
     export_storage: ObjectStore | None = None
     sync_export_limit: int = 10_000
+    # Export worker threads a portal process runs beside the pages and the API; 0 for a
+    # portal host that only serves, with `python -m audit_core worker` on other hosts.
+    portal_workers: int = 1
     export_ttl_hours: int = 6
     self_namespace: str = "audit-portal"
     admins: tuple[str, ...] = ()
@@ -345,6 +348,7 @@ class Settings:
             export_dir=export_dir,
             export_storage=export_storage,
             sync_export_limit=_int(env, "AUDIT_SYNC_EXPORT_LIMIT", 10_000),
+            portal_workers=_int(env, "AUDIT_PORTAL_WORKERS", 1, minimum=0),
             export_ttl_hours=_int(env, "AUDIT_EXPORT_TTL_HOURS", 6),
             self_namespace=env.get("AUDIT_SELF_NAMESPACE", "") or "audit-portal",
             admins=admins,

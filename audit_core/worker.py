@@ -359,5 +359,6 @@ class WorkerThreads:
 
 
 def start_in_process(ctx: Context) -> WorkerThreads:
-    """Start this process's worker thread; return a handle with stop()."""
-    return WorkerThreads(ctx.engine, ctx.settings).start()
+    """Start this portal process's worker threads (AUDIT_PORTAL_WORKERS, none for 0);
+    return a handle with stop()."""
+    return WorkerThreads(ctx.engine, ctx.settings, concurrency=ctx.settings.portal_workers).start()

@@ -23,6 +23,7 @@ from audit_core import export, jobs, service, store
 from audit_core.access import Principal
 from audit_core.config import Settings, Timing
 from audit_core.context import Context
+from audit_core.errors import ConfigError
 from audit_core.filters import AuditFilter
 from audit_core.http import documents
 from audit_core.models import AuditRecord, ExportJob
@@ -417,6 +418,31 @@ def test_in_process_worker_thread_runs_jobs_and_stops_cleanly(
         handle.stop()
     assert not any(t.is_alive() for t in handle.threads)
     assert finished_file(settings, job) == direct
+
+
+def test_audit_portal_workers_sets_how_many_threads_a_portal_runs(
+    engine: Engine, settings: Settings
+) -> None:
+    """0 for a portal host that only serves (workers run elsewhere): its jobs stay queued."""
+    assert Settings.from_env({"AUDIT_PORTAL_WORKERS": "0"}).portal_workers == 0
+    assert Settings.from_env({}).portal_workers == 1
+    with pytest.raises(ConfigError, match="AUDIT_PORTAL_WORKERS must be at least 0"):
+        Settings.from_env({"AUDIT_PORTAL_WORKERS": "-1"})
+    add_demo(engine, 200)
+    serving_only = start_in_process(Context(replace(settings, portal_workers=0), engine, False))
+    try:
+        assert serving_only.threads == []
+        job, _ = enqueue(engine, settings, "jsonl")
+        time.sleep(0.5)
+        assert job_row(engine, job.job_id).state == "queued"
+    finally:
+        serving_only.stop()
+    two = start_in_process(Context(replace(settings, portal_workers=2), engine, False))
+    try:
+        assert [t.name for t in two.threads] == [f"{THREAD_NAME}-1", f"{THREAD_NAME}-2"]
+        wait_for("the job to complete", lambda: job_row(engine, job.job_id).state == "completed")
+    finally:
+        two.stop()
 
 
 # -- real worker processes ----------------------------------------------------------------
