@@ -315,8 +315,8 @@ class Settings:
     checkpoint_seconds: float = 300.0
     # Where the worker delivers the log in signed segments (audit_core.delivery), every
     # delivery_seconds: a folder or a bucket (AUDIT_DELIVERY_TO); None: no scheduled delivery.
+    # (AUDIT_DELIVERY_DIR, the older name of a folder's, is read into it too.)
     delivery_to: Path | ObjectStore | None = None
-    delivery_dir: Path | None = None  # AUDIT_DELIVERY_DIR, the older name of a folder's
     delivery_seconds: float = 60.0
     # AUDIT_DELIVERY_FILTER: the worker delivers only the matching records of each leaf
     # range (None: every record).
@@ -364,15 +364,9 @@ class Settings:
             log_origin=_origin(env.get("AUDIT_LOG_ORIGIN", "")),
             checkpoint_seconds=_seconds(env, "AUDIT_CHECKPOINT_SECONDS", 300.0),
             delivery_to=delivery,
-            delivery_dir=delivery if isinstance(delivery, Path) else None,
             delivery_seconds=_seconds(env, "AUDIT_DELIVERY_SECONDS", 60.0),
             delivery_filter=delivery_filter_,
         )
-
-    @property
-    def delivery_target(self) -> Path | ObjectStore | None:
-        """Where the worker delivers: delivery_to, else the folder delivery_dir."""
-        return self.delivery_to if self.delivery_to is not None else self.delivery_dir
 
     @property
     def key_path(self) -> Path:

@@ -45,8 +45,7 @@ def build(settings: Settings, *, local_mode: bool = False) -> Context:
     bucket, the signing key, the database), so each face can say so in one line.
     """
     check_export_dir(settings)
-    storage.open_storage(settings).check()
-    delivery.check(settings.delivery_target)
+    check_stores(settings)
     signer = evidence.load_signer(settings)
     with database_errors(settings):
         engine = make_engine(settings.database_url)
@@ -65,6 +64,13 @@ def build(settings: Settings, *, local_mode: bool = False) -> Context:
             demo = True
         refresh_statistics(engine)
     return Context(settings, engine, demo, local_mode, signer)
+
+
+def check_stores(settings: Settings) -> None:
+    """Reach every bucket the settings name (job files, deliveries), or raise ConfigError
+    naming the setting: one line at start, not one per job."""
+    storage.open_storage(settings).check()
+    delivery.check(settings.delivery_to)
 
 
 def check_export_dir(settings: Settings) -> None:

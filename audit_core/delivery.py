@@ -57,11 +57,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlencode
 
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, case, func, select, true
 
-from . import access, evidence, signing, store
+from . import access, evidence, offline_verify, signing, store
 from .access import Principal
 from .config import ObjectStore, Settings
 from .errors import BadRequestError, ConflictError
@@ -337,73 +336,35 @@ def normal_filter(flt: AuditFilter | None) -> AuditFilter | None:
     return out if out.action_terms or out.users or out.namespaces else None
 
 
-def _terms(actions: Iterable[str], users: Iterable[str], namespaces: Iterable[str]) -> str:
-    given = [("action", list(actions)), ("user", list(users)), ("namespace", list(namespaces))]
-    text = urlencode([(k, ",".join(sorted(v))) for k, v in given if v], safe="*,@:/")
-    return text or "no filter (every record)"
+def _stated(flt: AuditFilter | None) -> offline_verify.SegmentFilter:
+    """The filter as a segment's manifest states it, read the way the verifier reads it."""
+    if flt is None:
+        return offline_verify.SegmentFilter(frozenset(), frozenset(), frozenset())
+    return offline_verify.SegmentFilter(
+        frozenset(flt.action_terms), frozenset(flt.users), frozenset(flt.namespaces)
+    )
 
 
 def filter_text(flt: AuditFilter | None) -> str:
     """The filter as AUDIT_DELIVERY_FILTER writes it (`action=user.*&namespace=payments`),
     or "no filter (every record)"."""
-    if flt is None:
-        return _terms((), (), ())
-    return _terms(flt.action_terms, flt.users, flt.namespaces)
-
-
-def _stated(query: Any) -> tuple[frozenset[str], frozenset[str], frozenset[str]] | None:
-    """A manifest's query.action, user and namespace as sets; None if it has none."""
-    if not isinstance(query, dict):
-        return None
-    out = []
-    for key in ("action", "user", "namespace"):
-        values = query.get(key)
-        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-            return None
-        out.append(frozenset(values))
-    return out[0], out[1], out[2]
+    return _stated(flt).text()
 
 
 def _check_same_filter(dest: Destination, name: str, wanted: AuditFilter | None) -> None:
     """Refuse a delivery whose filter is not the one the last complete segment states."""
     try:
-        query = json.loads(dest.read(name + MANIFEST)).get("query")
-    except (OSError, ValueError, AttributeError):
-        query = None
-    stated = _stated(query)
-    if stated is None:
+        stated = offline_verify.segment_filter(json.loads(dest.read(name + MANIFEST)))
+    except (OSError, ValueError):
         raise FilterMismatchError(
             f"{dest.label}: the manifest of {name} states no filter that can be read; "
             "deliver to another place"
-        )
-    asked: tuple[frozenset[str], ...] = (frozenset(), frozenset(), frozenset())
-    if wanted is not None:
-        asked = (
-            frozenset(wanted.action_terms),
-            frozenset(wanted.users),
-            frozenset(wanted.namespaces),
-        )
-    if stated != asked:
+        ) from None
+    if stated != _stated(wanted):
         raise FilterMismatchError(
-            f"{dest.label} holds a delivery of {_terms(*(sorted(v) for v in stated))} (up to "
-            f"{name}), not of {filter_text(wanted)}: a destination keeps one filter; deliver "
-            "to another place"
+            f"{dest.label} holds a delivery of {stated.text()} (up to {name}), not of "
+            f"{filter_text(wanted)}: a destination keeps one filter; deliver to another place"
         )
-
-
-def _matches(flt: AuditFilter, row: tuple[str, ...]) -> bool:
-    """Whether a record (a row in FIELDS order) matches the filter, as its SQL clause does."""
-    action, user, namespace = row[_ACTION], row[_USER], row[_NAMESPACE]
-    if (flt.actions or flt.action_prefixes) and not (
-        action in flt.actions or any(action.startswith(p) for p in flt.action_prefixes)
-    ):
-        return False
-    if flt.users and user.lower() not in flt.users:
-        return False
-    return not flt.namespaces or namespace in flt.namespaces
-
-
-_ACTION, _USER, _NAMESPACE = FIELDS.index("action"), FIELDS.index("user"), FIELDS.index("namespace")
 
 
 # -- writing a segment --------------------------------------------------------------------------
@@ -432,17 +393,23 @@ def _anything_but_deliveries(conn: Connection, start: int, size: int) -> bool:
     return conn.execute(stmt).first() is not None
 
 
-def _rows(conn: Connection, first: int, last: int) -> Iterator[list[tuple[str, ...]]]:
+def _rows(
+    conn: Connection, first: int, last: int, flt: AuditFilter | None = None
+) -> Iterator[list[tuple[str, ...]]]:
+    """The records of leaves first..last in batches (every leaf must be there); with a
+    filter, only those its SQL clause matches."""
     cols = [AUDIT.c[f] for f in FIELDS]
+    matched = true() if flt is None else flt.clause(AUDIT)
     at = first
     while at <= last:
         end = min(last, at + READ_BATCH - 1)
+        stmt = select(*cols, case((matched, True), else_=False))
         batch = conn.execute(
-            select(*cols).where(AUDIT.c.leaf >= at, AUDIT.c.leaf <= end).order_by(AUDIT.c.leaf)
+            stmt.where(AUDIT.c.leaf >= at, AUDIT.c.leaf <= end).order_by(AUDIT.c.leaf)
         ).all()
         if len(batch) != end - at + 1:
             raise LookupError(f"the log has no record for some leaf in [{at}, {end}]")
-        yield [tuple(r) for r in batch]
+        yield [tuple(r[:-1]) for r in batch if r[-1]]
         at = end + 1
 
 
@@ -461,14 +428,12 @@ def _write_segment(
     count, first_id, last_id = 0, None, None
     pending = dest.open_writer(name)
     try:
-        out = _Tee(pending)
+        out = signing.HashingSink(pending)
         with engine.connect() as conn:
             with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0) as gz:
-                for batch in _rows(conn, first, last):
-                    if flt is not None:
-                        batch = [row for row in batch if _matches(flt, row)]
-                        if not batch:
-                            continue
+                for batch in _rows(conn, first, last, flt):
+                    if not batch:
+                        continue
                     first_id = first_id or batch[0][0]
                     last_id = batch[-1][0]
                     count += len(batch)
@@ -476,7 +441,7 @@ def _write_segment(
                         gz.write(chunk)
             upto_seq = conn.execute(select(AUDIT.c.seq).where(AUDIT.c.leaf == last)).scalar_one()
         pending.finish()
-        digest, size = out.hashing.hexdigest(), out.hashing.size
+        digest, size = out.hexdigest(), out.size
         records = (first, last, count, first_id, last_id)
         signed = _sign(engine, name, records, upto_seq, who, digest, size, flt)
         pending.publish()
@@ -485,22 +450,6 @@ def _write_segment(
     dest.put(name + MANIFEST, signed.manifest)
     dest.put(name + SIGNATURE, signed.signature)  # last: now the segment is complete
     return Segment(first, last, name, digest, size, count)
-
-
-class _Tee:
-    """Hash and count what gzip writes, and pass it on to the pending file."""
-
-    def __init__(self, out: PendingFile) -> None:
-        self.out = out
-        self.hashing = signing.HashingSink()
-
-    def write(self, data: bytes) -> int:
-        self.hashing.write(data)
-        self.out.write(bytes(data))
-        return len(data)
-
-    def flush(self) -> None:
-        """Nothing to flush: the pending file keeps what it was given."""
 
 
 def _sign(

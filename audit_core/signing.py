@@ -10,7 +10,7 @@ import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, Protocol
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -299,10 +299,16 @@ def manifest_digest(manifest: bytes) -> str:
     return hashlib.sha256(manifest).hexdigest()
 
 
+class Writable(Protocol):
+    """Where a HashingSink passes bytes on: a file, a storage PendingFile."""
+
+    def write(self, data: bytes) -> object: ...
+
+
 class HashingSink:
     """A write-only sink that counts and SHA-256-hashes bytes, passing them to fh if given."""
 
-    def __init__(self, fh: IO[bytes] | None = None) -> None:
+    def __init__(self, fh: Writable | None = None) -> None:
         self.fh = fh
         self.size = 0
         self.sha256 = hashlib.sha256()
@@ -313,13 +319,15 @@ class HashingSink:
         n = memoryview(data).nbytes
         self.size += n
         if self.fh is not None:
-            self.fh.write(data)
+            self.fh.write(data)  # type: ignore[arg-type]  # files take any bytes-like
         return n
 
     def flush(self) -> None:
-        """Flush the wrapped file, if any."""
-        if self.fh is not None:
-            self.fh.flush()
+        """Flush the wrapped file, if it has a flush (a PendingFile is made durable by its
+        finish())."""
+        flush = getattr(self.fh, "flush", None)
+        if flush is not None:
+            flush()
 
     def hexdigest(self) -> str:
         """Return the hex SHA-256 of everything written so far."""

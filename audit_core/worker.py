@@ -13,7 +13,6 @@ job completed. Any error drops what was written (the part file, the upload's par
 from __future__ import annotations
 
 import gzip
-import hashlib
 import logging
 import os
 import socket
@@ -26,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from . import access, delivery, evidence, export, jobs, manifests, pipeline, wakeup
+from . import access, delivery, evidence, export, jobs, manifests, pipeline, signing, wakeup
 from .config import Settings, Timing
 from .context import Context
 from .errors import AuditError
@@ -100,7 +99,7 @@ class Worker:
         AUDIT_DELIVERY_SECONDS (only the records matching AUDIT_DELIVERY_FILTER, when set);
         skipped while another thread or host is delivering there, or while the destination
         holds another filter's delivery (logged, one line each time)."""
-        target = self.settings.delivery_target
+        target = self.settings.delivery_to
         if target is None or evidence.signer_for(self.engine) is None:
             return
         if time.monotonic() - self._last_delivery < self.settings.delivery_seconds:
@@ -210,7 +209,7 @@ class Worker:
         self, job: ClaimedJob, plan: export.ExportPlan, pending: PendingFile
     ) -> tuple[int, str, int]:
         """Stream the plan's bytes (gzipped if asked) into pending; size, SHA-256, rows."""
-        sink = _HashingWriter(pending)
+        sink = signing.HashingSink(pending)
         out: Any = sink
         if job.compression == "gzip":
             # mtime=0 and no file name in the header: the same job gives the same bytes.
@@ -225,7 +224,7 @@ class Worker:
         if out is not sink:
             out.close()  # writes the gzip trailer into sink; pending stays open
         pending.finish()
-        return sink.size, sink.sha256.hexdigest(), plan.total
+        return sink.size, sink.hexdigest(), plan.total
 
     def _paced(
         self, job: ClaimedJob, plan: export.ExportPlan, chunks: Iterator[bytes]
@@ -283,23 +282,6 @@ def attempt_error(exc: Exception) -> str:
 def sweep_expired(engine: Engine, settings: Settings, now: datetime | None = None) -> list[str]:
     """Delete the files (or objects) of completed jobs past their expiry; mark them expired."""
     return jobs.expire_due(engine, settings, open_storage(settings).delete, now)
-
-
-class _HashingWriter:
-    """A write-only file wrapper that counts and hashes what passes through."""
-
-    def __init__(self, target: PendingFile) -> None:
-        self.target = target
-        self.size = 0
-        self.sha256 = hashlib.sha256()
-
-    def write(self, data: bytes) -> int:
-        self.sha256.update(data)
-        self.size += len(data)
-        return self.target.write(data)
-
-    def flush(self) -> None:
-        """Nothing to do: pending.finish() makes the bytes durable."""
 
 
 def _discard(pending: PendingFile | None) -> None:

@@ -196,7 +196,7 @@ def test_the_worker_delivers_on_its_schedule(
 ) -> None:
     add_demo(engine, 120)
     folder = tmp_path / "scheduled"
-    scheduled = replace(settings, delivery_dir=folder, delivery_seconds=3600)
+    scheduled = replace(settings, delivery_to=folder, delivery_seconds=3600)
     run_schedule(engine, scheduled, folder)
     assert delivery.complete_segments(folder) == [(0, 119)]
     assert count(engine, delivery.ACTION) == 1

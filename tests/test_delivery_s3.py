@@ -285,7 +285,7 @@ def test_the_worker_delivers_to_the_bucket_on_its_schedule(
         "AUDIT_EXPORT_DIR": str(settings.export_dir),
     }
     from_env = Settings.from_env(env)
-    assert from_env.delivery_target == bucket
+    assert from_env.delivery_to == bucket
     add_demo(engine, 120)
     scheduled = replace(settings, delivery_to=from_env.delivery_to, delivery_seconds=3600)
     run_schedule(engine, scheduled, bucket, concurrency=2)
@@ -305,20 +305,20 @@ def test_delivery_settings(tmp_path: Path) -> None:
             "AWS_DEFAULT_REGION": "eu-west-1",
         }
     )
-    assert to_bucket.delivery_target == ObjectStore(
+    assert to_bucket.delivery_to == ObjectStore(
         "audit-log", "portal/deliveries", "http://127.0.0.1:8333", "eu-west-1"
     )
     assert to_bucket.export_storage is None  # the endpoint may serve deliveries alone
     folder = str(tmp_path / "out")
     to_folder = Settings.from_env({**base, "AUDIT_DELIVERY_TO": folder})
-    assert to_folder.delivery_target == Path(folder) == to_folder.delivery_dir
+    assert to_folder.delivery_to == Path(folder)
     old_name = Settings.from_env({**base, "AUDIT_DELIVERY_DIR": folder})
-    assert old_name.delivery_target == Path(folder)
+    assert old_name.delivery_to == Path(folder)
     same = Settings.from_env({**base, "AUDIT_DELIVERY_TO": folder, "AUDIT_DELIVERY_DIR": folder})
-    assert same.delivery_target == Path(folder)
-    assert Settings.from_env(base).delivery_target is None
+    assert same.delivery_to == Path(folder)
+    assert Settings.from_env(base).delivery_to is None
     cli = Settings.from_env({**base, "AUDIT_DELIVERY_TO": "gs://x"}, delivery_to="s3://abc/p")
-    assert cli.delivery_target == ObjectStore("abc", "p")  # --to replaces the variables
+    assert cli.delivery_to == ObjectStore("abc", "p")  # --to replaces the variables
 
 
 @pytest.mark.parametrize(

@@ -248,7 +248,7 @@ def cmd_deliver(args: argparse.Namespace, settings: Settings) -> int:
     from .. import delivery
     from .common import cli_principal
 
-    target = settings.delivery_target
+    target = settings.delivery_to
     if target is None:  # argparse requires --to: only a caller of cmd_deliver itself
         raise UsageError("deliver needs --to DIR or --to s3://bucket/prefix")
     if args.filter is not None:

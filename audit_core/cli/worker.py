@@ -7,10 +7,9 @@ import logging
 import signal
 from typing import Any
 
-from .. import delivery
+from .. import context
 from ..config import Settings
 from ..errors import UsageError
-from ..storage import open_storage
 from ..worker import WorkerThreads
 from .common import open_engine
 
@@ -24,8 +23,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(threadName)s %(message)s")
     # boto3 (object storage) logs each credential lookup at INFO: keep the log to the jobs.
     logging.getLogger("botocore").setLevel(logging.WARNING)
-    open_storage(settings).check()  # a bucket it cannot use: one line now, not per job
-    delivery.check(settings.delivery_target)
+    context.check_stores(settings)
     engine = open_engine(settings)
     threads = WorkerThreads(engine, settings, concurrency=args.concurrency)
 
