@@ -68,7 +68,7 @@ from .filters import AuditFilter
 from .formats import jsonl_chunks
 from .models import AUDIT
 from .record import FIELDS, format_instant
-from .storage import LocalStorage, PendingFile, S3Storage, s3_errors
+from .storage import LocalStorage, PendingFile, S3Storage
 
 log = logging.getLogger(__name__)
 SEGMENT_RE = re.compile(r"^log-(\d+)-(\d+)\.jsonl\.gz$")
@@ -195,12 +195,7 @@ class BucketDestination:
         self.objects.put(name, data)
 
     def read(self, name: str) -> bytes:
-        objects = self.objects
-        with s3_errors(f"read {name}"):
-            got = objects.client.get_object(
-                Bucket=objects.store.bucket, Key=objects.store.key(name)
-            )
-            return got["Body"].read()
+        return self.objects.read(name)
 
     def delete(self, name: str) -> None:
         self.objects.delete(name)
@@ -245,12 +240,6 @@ def _complete(names: set[str]) -> list[tuple[int, int]]:
         if m and name + MANIFEST in names and name + SIGNATURE in names:
             found.append((int(m.group(1)), int(m.group(2))))
     return sorted(found)
-
-
-def next_leaf(to: Path | ObjectStore | Destination) -> int:
-    """The leaf a delivery there starts at: after its last complete segment."""
-    done = complete_segments(to)
-    return done[-1][1] + 1 if done else 0
 
 
 # -- delivering ---------------------------------------------------------------------------------

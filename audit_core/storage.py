@@ -6,9 +6,9 @@
     storage.exists(name) / size(name) / delete(name) / presigned_url(name, ...) / check()
 
 Log deliveries (audit_core.delivery) to a bucket use S3Storage too, for a few more calls:
-`names()` (the objects under the prefix), `put(name, data)` (a small object in one request),
-`open_upload(name)` (one request when the file stays under a part, else a multipart upload)
-and `abort_uploads(match)` (what a killed delivery left unfinished).
+`names()` (the objects under the prefix), `put(name, data)` and `read(name)` (a small object
+in one request), `open_upload(name)` (one request when the file stays under a part, else a
+multipart upload) and `abort_uploads(match)` (what a killed delivery left unfinished).
 
 A file being written has no visible name. Locally it is a `.NAME.<random>.part` file beside
 its final name, fsynced by `finish` and renamed into place by `publish`. In a bucket it is a
@@ -243,23 +243,26 @@ class S3Storage:
         self.client = client or make_client(store)
         self.setting = setting  # the setting that named this bucket, for check()'s message
 
+    def _errors(self, doing: str) -> contextlib.AbstractContextManager[None]:
+        return s3_errors(doing, self.setting)
+
     def open_writer(self, name: str) -> PendingFile:
         key = self.store.key(name)
         self._abort_stale(key)
-        with s3_errors("start the upload of the export file"):
+        with self._errors("start the upload of the export file"):
             upload = self.client.create_multipart_upload(Bucket=self.store.bucket, Key=key)
         return _Multipart(self, key, upload["UploadId"])
 
     def _abort_stale(self, key: str) -> None:
         """Abort uploads a dead worker left for this key (their parts cost storage)."""
-        with s3_errors("list unfinished uploads"):
+        with self._errors("list unfinished uploads"):
             found = self.client.list_multipart_uploads(Bucket=self.store.bucket, Prefix=key)
         for upload in found.get("Uploads", []):
             if upload.get("Key") == key and "UploadId" in upload:
                 self._abort(key, upload["UploadId"])
 
     def _abort(self, key: str, upload_id: str) -> None:
-        with s3_errors("abort an unfinished upload"), _missing_is_fine():
+        with self._errors("abort an unfinished upload"), _missing_is_fine():
             self.client.abort_multipart_upload(
                 Bucket=self.store.bucket, Key=key, UploadId=upload_id
             )
@@ -272,8 +275,14 @@ class S3Storage:
 
     def put(self, name: str, data: bytes) -> None:
         """Store a small object whole, in one request (replacing any object of that name)."""
-        with s3_errors(f"store {name}"):
+        with self._errors(f"store {name}"):
             self.client.put_object(Bucket=self.store.bucket, Key=self.store.key(name), Body=data)
+
+    def read(self, name: str) -> bytes:
+        """The bytes of a small object, in one request."""
+        with self._errors(f"read {name}"):
+            got = self.client.get_object(Bucket=self.store.bucket, Key=self.store.key(name))
+            return got["Body"].read()
 
     def _top(self) -> str:
         return f"{self.store.prefix}/" if self.store.prefix else ""
@@ -281,7 +290,7 @@ class S3Storage:
     def names(self) -> list[str]:
         """The names of the objects right under the prefix (none of a deeper folder)."""
         top, found = self._top(), []
-        with s3_errors("list the objects under the prefix"):
+        with self._errors("list the objects under the prefix"):
             pages = self.client.get_paginator("list_objects_v2")
             for page in pages.paginate(Bucket=self.store.bucket, Prefix=top):
                 for obj in page.get("Contents", []):
@@ -294,7 +303,7 @@ class S3Storage:
         """Abort the unfinished uploads right under the prefix whose name matches (what a
         killed writer left: their parts cost storage); return how many."""
         top, stale = self._top(), []
-        with s3_errors("list unfinished uploads"):
+        with self._errors("list unfinished uploads"):
             pages = self.client.get_paginator("list_multipart_uploads")
             for page in pages.paginate(Bucket=self.store.bucket, Prefix=top):
                 for upload in page.get("Uploads", []):
@@ -314,7 +323,7 @@ class S3Storage:
 
     def key_size(self, key: str) -> int | None:
         """The size of the object under `key`; None when there is none."""
-        with s3_errors("look up the export file"), _missing_is_fine():
+        with self._errors("look up the export file"), _missing_is_fine():
             head = self.client.head_object(Bucket=self.store.bucket, Key=key)
             return int(head["ContentLength"])
         return None
@@ -324,7 +333,7 @@ class S3Storage:
 
     def delete_key(self, key: str) -> None:
         """Remove the object under `key` (S3 answers the same when there is none)."""
-        with s3_errors("delete the export file"):
+        with self._errors("delete the export file"):
             self.client.delete_object(Bucket=self.store.bucket, Key=key)
 
     def presigned_url(
@@ -344,7 +353,7 @@ class S3Storage:
             params["ResponseContentType"] = content_type
         # The signature covers the method: a HEAD link is signed for HEAD, so it works too.
         operation = "head_object" if method == "HEAD" else "get_object"
-        with s3_errors("sign a download link"):
+        with self._errors("sign a download link"):
             return self.client.generate_presigned_url(
                 operation, Params=params, ExpiresIn=expires_in
             )
@@ -358,8 +367,7 @@ class S3Storage:
         except Exception as exc:
             if not _is_client_failure(exc):
                 raise
-            why = _why(exc).replace("AUDIT_EXPORT_STORAGE", name)
-            raise ConfigError(f"{name} {self.store.url}: {why}") from None
+            raise ConfigError(f"{name} {self.store.url}: {_why(exc, name)}") from None
 
 
 class _Multipart:
@@ -397,7 +405,7 @@ class _Multipart:
             raise StorageError(
                 f"the export file is over {MAX_PARTS} parts of {self.s3.part_size} bytes"
             )
-        with s3_errors("upload a part of the export file"):
+        with self.s3._errors("upload a part of the export file"):
             sent = self.s3.client.upload_part(
                 Bucket=self.s3.store.bucket,
                 Key=self.key,
@@ -409,7 +417,7 @@ class _Multipart:
 
     def publish(self) -> None:
         bucket = self.s3.store.bucket
-        with s3_errors("complete the upload of the export file"):
+        with self.s3._errors("complete the upload of the export file"):
             self.s3.client.complete_multipart_upload(
                 Bucket=bucket,
                 Key=self.key,
@@ -446,7 +454,7 @@ class _SmallOrMultipart:
         self._small += data
         if len(self._small) >= self.s3.part_size:
             key = self.s3.store.key(self.name)
-            with s3_errors(f"start the upload of {self.name}"):
+            with self.s3._errors(f"start the upload of {self.name}"):
                 made = self.s3.client.create_multipart_upload(Bucket=self.s3.store.bucket, Key=key)
             # The upload takes the buffer over (no copy) and sends its full parts.
             self._upload = _Multipart(self.s3, key, made["UploadId"], self._small)
@@ -491,8 +499,9 @@ def make_client(store: ObjectStore) -> S3Client:
 
 
 @contextlib.contextmanager
-def s3_errors(doing: str) -> Iterator[None]:
-    """Turn a client failure into StorageError: what we tried, and the store's reason."""
+def s3_errors(doing: str, setting: str = "AUDIT_EXPORT_STORAGE") -> Iterator[None]:
+    """Turn a client failure into StorageError: what we tried, and the store's reason
+    (naming `setting`, the one that named the bucket, where it is the thing to fix)."""
     try:
         yield
     except StorageError:
@@ -500,7 +509,7 @@ def s3_errors(doing: str) -> Iterator[None]:
     except Exception as exc:  # noqa: BLE001 - botocore raises many kinds; one message
         if not _is_client_failure(exc):
             raise
-        raise StorageError(f"the object store could not {doing}: {_why(exc)}") from exc
+        raise StorageError(f"the object store could not {doing}: {_why(exc, setting)}") from exc
 
 
 @contextlib.contextmanager
@@ -528,7 +537,7 @@ def _code(exc: Exception) -> str | None:
     return str(code) if code else None
 
 
-def _why(exc: Exception) -> str:
+def _why(exc: Exception, setting: str) -> str:
     """A failure in plain words, without a secret (botocore never puts one in messages)."""
     from botocore.exceptions import EndpointConnectionError, NoCredentialsError
 
@@ -538,7 +547,7 @@ def _why(exc: Exception) -> str:
     if isinstance(exc, EndpointConnectionError):
         return "the server cannot be reached: check AUDIT_S3_ENDPOINT_URL and the network"
     if code in ("404", "NoSuchBucket", "NotFound"):
-        return "the bucket does not exist: create it, or correct AUDIT_EXPORT_STORAGE"
+        return f"the bucket does not exist: create it, or correct {setting}"
     if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
         return (
             f"the server refused the credentials ({code}): check AWS_ACCESS_KEY_ID and "
