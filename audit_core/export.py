@@ -58,13 +58,18 @@ def chunks(conn: Connection, p: ExportPlan) -> Generator[bytes, None, None]:
             return
         yield from csv_chunks(query.stream(conn, p.filter, p.upto_seq))
         return
-    encoded = fastpath.json_records(conn, p.filter, p.upto_seq, p.total)
     if p.fmt == "jsonl":
+        lines = fastpath.jsonl_chunks(conn, p.filter, p.upto_seq, p.total)
+        if lines is not None:
+            yield from lines
+            return
+        encoded = fastpath.json_records(conn, p.filter, p.upto_seq, p.total)
         if encoded is not None:
             yield from jsonl_from_encoded(encoded)
         else:
             yield from jsonl_chunks(query.stream(conn, p.filter, p.upto_seq))
         return
+    encoded = fastpath.json_records(conn, p.filter, p.upto_seq, p.total)
     assert p.filter.end is not None
     start = p.filter.start
     meta = export_metadata(

@@ -18,6 +18,7 @@ from ..errors import UsageError
 from ..filters import AuditFilter, parse_format
 from ..formats import filename
 from ..integrity import verify
+from ..pipeline import Pipeline
 from .common import actor, open_engine
 
 
@@ -139,8 +140,9 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 def _write(conn: Any, plan: export_mod.ExportPlan, out: IO[bytes]) -> signing.HashingSink:
     """Write the export's bytes to out, hashing them on the way (for the manifest)."""
     sink = signing.HashingSink(out)
-    for chunk in export_mod.chunks(conn, plan):
-        sink.write(chunk)
+    with Pipeline(sink.write) as writing:  # hashing and writing overlap building
+        for chunk in export_mod.chunks(conn, plan):
+            writing.put(chunk)
     sink.flush()
     return sink
 
