@@ -526,6 +526,26 @@ def api_case(server: Server, store: Store, fmt: str, out_dir: Path) -> Case:
     return Case("api", fmt, "API stream (warm server)", run)
 
 
+def client_case(server: Server, out_dir: Path) -> Case:
+    """curl alone against the same server: process start, connect, a tiny answer.
+
+    What every `api` figure pays besides the export itself; left out of the tables, and
+    taken off the API's time in the API ÷ library line (at 10k rows it is a good part).
+    """
+    out = out_dir / "client.txt"
+
+    def run() -> Run:
+        fresh(out)
+        t = time.perf_counter()
+        status, _ = curl(f"{server.base}/_stcore/health", "-", out)
+        seconds = time.perf_counter() - t
+        if status != 200:
+            raise RuntimeError(f"/_stcore/health answered {status}")
+        return Run(seconds, out.stat().st_size, 0, 0)
+
+    return Case("client", "csv", "curl alone (GET /_stcore/health)", run)
+
+
 def job_row(engine: Engine, job_id: str) -> dict[str, Any]:
     with engine.connect() as conn:
         row = conn.execute(select(JOBS).where(JOBS.c.job_id == job_id)).one()
@@ -641,7 +661,7 @@ def stream_phase_cases(
     """Floor, DuckDB, CLI, API and library cases, format by format (each floor once,
     before the first format it serves); API and library only with a server."""
     floors = {c.fmt: c for c in floor_cases(store, a.formats, out_dir)}
-    cases: list[Case] = []
+    cases: list[Case] = [] if server is None else [client_case(server, out_dir)]
     for fmt in a.formats:
         if "floor" in a.paths and floor_format(fmt) in floors:
             cases.append(floors.pop(floor_format(fmt)))
@@ -700,7 +720,7 @@ def run_job_phase(
 # ---------------------------------------------------------------- report
 
 
-ORDER = ("floor", "duckdb", "cli", "api", "library", "job")
+ORDER = ("floor", "duckdb", "cli", "api", "library", "job", "client")
 
 
 def rates(block: Block, key: tuple[str, str]) -> list[float]:
@@ -728,7 +748,10 @@ def table(block: Block) -> str:
     )
     lines = [head, "", "| path | format | rows/s (median) | min–max | × floor |"]
     lines.append("|---|---|---:|---:|---:|")
-    keys = sorted(block.runs, key=lambda k: (ORDER.index(k[0]), FORMATS.index(k[1])))
+    keys = sorted(
+        (k for k in block.runs if k[0] != "client"),
+        key=lambda k: (ORDER.index(k[0]), FORMATS.index(k[1])),
+    )
     for key in keys:
         rps = rates(block, key)
         floor = rates(block, ("floor", floor_format(key[1])))
@@ -753,6 +776,19 @@ def extra_lines(block: Block) -> list[str]:
             lib = statistics.median(r.seconds for r in block.runs[("library", f)])
             parts.append(f"{f} {lib / api:.2f}× ({ms(api)} vs {ms(lib)})")
         out.append("API stream ÷ library in-process (rows/s): " + ", ".join(parts) + ".")
+        if ("client", "csv") in block.runs:
+            own = statistics.median(r.seconds for r in block.runs[("client", "csv")])
+            parts = []
+            for f in fmts:
+                api = statistics.median(r.seconds for r in block.runs[("api", f)]) - own
+                lib = statistics.median(r.seconds for r in block.runs[("library", f)])
+                parts.append(f"{f} {lib / api:.2f}× ({ms(api)} vs {ms(lib)})")
+            out.append(
+                f"curl alone (GET /_stcore/health on the same server: process start, "
+                f"connect, a tiny answer) takes {ms(own)}; API without it ÷ library: "
+                + ", ".join(parts)
+                + "."
+            )
     out += job_lines(block)
     out += rss_lines(block)
     return out
