@@ -389,3 +389,13 @@ def test_both_sqlite_line_builders_give_the_same_bytes(tmp_path) -> None:
         assert fast is not None
         assert b"".join(fast) == plain_csv(conn, AuditFilter(), upto)
     old.dispose()
+
+
+def test_controls_counts_the_bytes_up_to_cr() -> None:
+    """The CSV batch check: every byte 0x00-0x0D counts (so a tab or NUL in a cell sends the
+    batch cell by cell, never the other way), nothing above."""
+    assert fastpath.controls(b"a\tb\x00c\r\n") == 4
+    assert fastpath.controls(b"plain,\x0e\x1f\x7f\xff") == 0
+    data = bytes(range(256)) * 3
+    assert fastpath.controls(data) == 3 * 14
+    assert fastpath.count_byte(data + b"\n\n", 0x0A) == (data + b"\n\n").count(b"\n") == 5
