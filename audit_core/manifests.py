@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from . import evidence, query, store
 from .export import ExportPlan
@@ -37,11 +37,9 @@ class Requester:
         return {"user": self.user, "role": self.role, "channel": self.channel}
 
 
-def reserve_id(engine: Engine, plan: ExportPlan) -> str:
-    """A new export id for an immediate export (jobs already have theirs)."""
-    with engine.begin() as conn:
-        store.lock_head(conn)
-        return store.next_id(conn, f"export-{plan.exported_at:%Y%m%d}")
+def next_export_id(conn: Connection, plan: ExportPlan) -> str:
+    """The next export id of the plan's day; the caller holds the log's lock (lock_head)."""
+    return store.next_id(conn, f"export-{plan.exported_at:%Y%m%d}")
 
 
 def query_document(plan: ExportPlan, description: str) -> dict[str, Any]:
@@ -74,7 +72,7 @@ def sign(
     """Sign and keep the manifest of an export whose file is written."""
     with engine.begin() as conn:
         store.lock_head(conn)
-        export_id = export_id or store.next_id(conn, f"export-{plan.exported_at:%Y%m%d}")
+        export_id = export_id or next_export_id(conn, plan)
         first, last = query.edge_ids(conn, plan.filter, plan.upto_seq)
         return evidence.sign_manifest(
             conn,

@@ -118,11 +118,89 @@ def fits_immediate(total: int, settings: Settings) -> bool:
 
 @dataclass(frozen=True)
 class ManifestRequest:
-    """Sign a manifest once the stream has ended: under this id, for this file name."""
+    """Sign a manifest once the stream has ended, for this file name (and under this id;
+    None: an id reserved in the audit record's transaction)."""
 
-    export_id: str
+    export_id: str | None
     file_name: str
     description: str
+
+
+class StreamedExport:
+    """An immediate export handed out as it is built, and its manifest signed after.
+
+    `chunks()` writes the audit.export record (and, with a manifest and no id, reserves the
+    manifest's id in the same transaction) once the first chunk is built and before it is
+    handed out: a reader who hangs up half-way has still been recorded, and if the record
+    cannot be written nothing is handed out. With a manifest, the bytes are hashed on the
+    way and `sign()` keeps the signed manifest once the last one has left (`complete`).
+    The plan is checked against the principal first, so a plan made for someone else
+    cannot be replayed.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        who: Principal,
+        plan: export.ExportPlan,
+        settings: Settings,
+        *,
+        channel: str = "api",
+        manifest: ManifestRequest | None = None,
+    ) -> None:
+        check_plan(who, plan)
+        self.engine, self.who, self.plan, self.settings = engine, who, plan, settings
+        self.channel, self.manifest = channel, manifest
+        self.export_id = manifest.export_id if manifest is not None else None
+        self.complete = False  # every chunk was built and handed out
+        self._sink = signing.HashingSink()
+
+    def chunks(self) -> Iterator[bytes]:
+        """The export's bytes; the audit record is written before the first one leaves."""
+        reserve = self.manifest is not None and self.export_id is None
+        with self.engine.connect() as conn:
+            chunks = export.chunks(conn, self.plan)
+            try:
+                first = next(chunks, None)
+                reserved = record_export(
+                    self.engine,
+                    self.who,
+                    self.plan,
+                    self.settings,
+                    channel=self.channel,
+                    reserve_id=reserve,
+                )
+                self.export_id = reserved or self.export_id
+                head = [first] if first is not None else []
+                if self.manifest is None:
+                    yield from itertools.chain(head, chunks)
+                else:
+                    # Hashing releases the GIL: on a thread of its own it overlaps building
+                    # the next chunk instead of delaying it (BENCHMARKS.md "Export paths").
+                    with Pipeline(self._sink.write) as hashing:
+                        for chunk in itertools.chain(head, chunks):
+                            hashing.put(chunk)
+                            yield chunk
+            finally:
+                # A reader who hangs up must not hand a connection with an open COPY or
+                # cursor back to the pool: close the source before the connection.
+                chunks.close()
+        self.complete = True
+
+    def sign(self) -> evidence.SignedManifest:
+        """Sign and keep the manifest of the bytes handed out (all of them)."""
+        if self.manifest is None or self.export_id is None or not self.complete:
+            raise RuntimeError("sign a streamed export's manifest once its stream has ended")
+        return manifests.sign(
+            self.engine,
+            self.plan,
+            manifests.Requester(self.who.email, self.who.role, self.channel),
+            export_id=self.export_id,
+            description=self.manifest.description,
+            file_name=self.manifest.file_name,
+            file_bytes=self._sink.size,
+            file_sha256=self._sink.hexdigest(),
+        )
 
 
 def export_chunks(
@@ -136,51 +214,17 @@ def export_chunks(
 ) -> Iterator[bytes]:
     """Stream an immediate export's bytes, writing its audit.export record first.
 
-    The plan is checked against the principal before anything else, so a plan made for
-    someone else cannot be replayed. The record is written before the first byte leaves
-    (a reader who hangs up half-way has still been recorded), and if it cannot be
-    written, nothing is handed out. With `manifest`, the bytes are hashed on the way and
-    the signed manifest is kept once the last one has left.
+    As StreamedExport, with the manifest (if asked for) signed as the stream ends.
     """
-    check_plan(who, plan)
-    return _stream(engine, who, plan, settings, channel, manifest)
+    return _signed_at_end(
+        StreamedExport(engine, who, plan, settings, channel=channel, manifest=manifest)
+    )
 
 
-def _stream(
-    engine: Engine,
-    who: Principal,
-    plan: export.ExportPlan,
-    settings: Settings,
-    channel: str,
-    manifest: ManifestRequest | None,
-) -> Iterator[bytes]:
-    sink = signing.HashingSink()
-    with engine.connect() as conn:
-        chunks = export.chunks(conn, plan)
-        try:
-            first = next(chunks, None)
-            record_export(engine, who, plan, settings, channel=channel)
-            # Hashing releases the GIL: on a thread of its own it overlaps building the
-            # next chunk instead of delaying it (BENCHMARKS.md "Export paths").
-            with Pipeline(sink.write) as hashing:
-                for chunk in itertools.chain([first] if first is not None else [], chunks):
-                    hashing.put(chunk)
-                    yield chunk
-        finally:
-            # A reader who hangs up must not hand a connection with an open COPY or
-            # cursor back to the pool: close the source before the connection.
-            chunks.close()
-    if manifest is not None:
-        manifests.sign(
-            engine,
-            plan,
-            manifests.Requester(who.email, who.role, channel),
-            export_id=manifest.export_id,
-            description=manifest.description,
-            file_name=manifest.file_name,
-            file_bytes=sink.size,
-            file_sha256=sink.hexdigest(),
-        )
+def _signed_at_end(streamed: StreamedExport) -> Iterator[bytes]:
+    yield from streamed.chunks()
+    if streamed.manifest is not None:
+        streamed.sign()
 
 
 def record_export(
@@ -190,8 +234,10 @@ def record_export(
     settings: Settings,
     *,
     channel: str,
-) -> None:
-    """Write the audit.export record for an export that was handed out."""
+    reserve_id: bool = False,
+) -> str | None:
+    """Write the audit.export record for an export that was handed out; with `reserve_id`,
+    reserve its manifest's id in the same transaction and return it."""
     check_plan(who, plan)
     with engine.begin() as conn:
         access.record(
@@ -202,6 +248,7 @@ def record_export(
             resource=f"{channel} {plan.fmt} {plan.total} rows; {plan.filter.describe()}",
             resource_type="AuditExport",
         )
+        return manifests.next_export_id(conn, plan) if reserve_id else None
 
 
 def manifest_for(

@@ -18,7 +18,7 @@ from urllib.parse import quote
 import pandas as pd
 from sqlalchemy import Engine
 
-from . import evidence, formats, manifests, query, service
+from . import evidence, formats, query, service
 from .access import AccessDeniedError, Principal, TokenInfo, UserInfo
 from .config import Settings
 from .filters import AuditFilter, FilterError
@@ -298,8 +298,8 @@ def export_bytes(
         plan = service.plan_export(conn, who, flt, fmt)
     manifest = None
     if file_name is not None and evidence.signer_for(engine) is not None:
-        export_id = manifests.reserve_id(engine, plan)
-        manifest = service.ManifestRequest(export_id, file_name, flt.describe())
+        # Its id is reserved in the audit record's transaction.
+        manifest = service.ManifestRequest(None, file_name, flt.describe())
     chunks = service.export_chunks(engine, who, plan, settings, channel="ui", manifest=manifest)
     return b"".join(chunks)
 

@@ -8,9 +8,12 @@ import hashlib
 import json
 from pathlib import Path
 
+import anyio
 from sqlalchemy import select
 
 from audit_core import offline_verify
+from audit_core.access import Principal
+from audit_core.http.routes import PendingManifests
 from audit_core.models import AUDIT as T
 
 from .test_api import TO, Api, add, api, run_worker_until, status  # noqa: F401
@@ -140,3 +143,33 @@ def test_a_job_file_has_its_manifest_beside_it(api: Api, tmp_path: Path) -> None
         name
     )  # the browser's name may differ from the stored file's; the manifest names the latter
     status(api.get(f"/audit/export/download/{job_id}/manifest", api.auditor), 404, "NotFound")
+
+
+def test_a_manifest_being_signed_holds_its_requester_only(api: Api) -> None:
+    """A stream's manifest is signed after its response has ended: its requester (or an
+    admin) who asks at once is held until it is kept; anyone else is answered at once."""
+    pending = PendingManifests()
+    owner = Principal("Ana@Empresa.com", "auditor", frozenset({"production"}), "")
+    other = Principal("bob@empresa.com", "auditor", frozenset({"production"}), "")
+    admin = Principal("boss@empresa.com", "admin", None, "")
+    order: list[str] = []
+
+    async def ask(who: Principal) -> None:
+        await pending.wait(api.ctx, "export-20260321-001", who)
+        order.append(who.email)
+
+    async def main() -> None:
+        end = pending.begin(api.ctx, "export-20260321-001", owner)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask, owner)
+            tg.start_soon(ask, admin)
+            tg.start_soon(ask, other)
+            await anyio.sleep(0.2)
+            order.append("signed")
+            end()
+        await ask(owner)  # once ended, nobody waits
+
+    anyio.run(main)
+    assert order[:2] == ["bob@empresa.com", "signed"]  # someone else is not held
+    assert sorted(order[2:4]) == ["Ana@Empresa.com", "boss@empresa.com"]  # held until signed
+    assert order[4:] == ["Ana@Empresa.com"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import subprocess
@@ -63,6 +64,36 @@ def live_server(env: dict[str, str], tmp_path: Path, **extra: str) -> Iterator[s
         stop_process(proc)
 
 
+def export_then_manifest(base: str, token: str) -> tuple[bytes, bytes]:
+    """A CSV export read over one socket to its last chunk, then at once its manifest asked
+    for over a second socket opened beforehand: (the export's body, the manifest answer)."""
+    host, port = base.removeprefix("http://").split(":")
+    auth = f"Host: {host}\r\nAuthorization: Bearer {token}\r\n"
+    with (
+        socket.create_connection((host, int(port))) as one,
+        socket.create_connection((host, int(port))) as two,
+    ):
+        one.sendall(f"GET /api/v1/audit/export?to={TO} HTTP/1.1\r\n{auth}\r\n".encode())
+        got = b""
+        while not got.endswith(b"\r\n0\r\n\r\n"):  # the chunked body's last chunk
+            data = one.recv(65536)
+            assert data, got[:300]
+            got += data
+        link = got.split(b"link: <", 1)[1].split(b">", 1)[0].decode()
+        two.sendall(f"GET {link} HTTP/1.1\r\n{auth}Connection: close\r\n\r\n".encode())
+        answer = b""
+        while data := two.recv(65536):
+            answer += data
+    head, chunked = got.split(b"\r\n\r\n", 1)
+    body = b""
+    while True:  # undo the chunked transfer coding
+        size_line, rest = chunked.split(b"\r\n", 1)
+        size = int(size_line, 16)
+        if size == 0:
+            return body, answer
+        body, chunked = body + rest[:size], rest[size + 2 :]
+
+
 def test_the_live_server_answers_the_seed_api(
     engine: Engine, settings: Settings, env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -79,6 +110,12 @@ def test_the_live_server_answers_the_seed_api(
         assert resp.headers["content-type"] == "text/csv; charset=utf-8"
         assert resp.headers["content-disposition"].startswith('attachment; filename="audit-export-')
         assert resp.content == library_bytes(engine, "csv", to=TO)
+        # Its manifest is signed once the response has ended; asked for the moment the
+        # last chunk has come (on a connection already open), it is waited for.
+        body, manifest = export_then_manifest(base, token)
+        assert manifest.startswith(b"HTTP/1.1 200 "), manifest[:300]
+        doc = json.loads(manifest.split(b"\r\n\r\n", 1)[1])
+        assert doc["file"]["sha256"] == hashlib.sha256(body).hexdigest()
         resp = http.get("/api/v1/audit/export", params={"to": TO, "format": "jsonl"}, headers=auth)
         assert resp.content == library_bytes(engine, "jsonl", to=TO)
 
@@ -125,7 +162,9 @@ def test_concurrent_streams_are_capped_per_token(
                 f"GET /api/v1/audit/export?to={TO} HTTP/1.1\r\nHost: {host}\r\n"
                 f"Authorization: Bearer {token}\r\n\r\n".encode()
             )
-            assert slow.recv(1024).startswith(b"HTTP/1.1 200 ")
+            head = slow.recv(1024)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            cut = head.split(b"link: <", 1)[1].split(b">", 1)[0].decode()
             busy = http.get("/api/v1/audit/export", params={"to": TO}, headers=auth)
             assert busy.status_code == 429, busy.text[:500]
             assert int(busy.headers["retry-after"]) > 0
@@ -140,6 +179,8 @@ def test_concurrent_streams_are_capped_per_token(
                 break
             time.sleep(0.2)
         assert resp.status_code == 200, resp.text
+        # The stream cut short was recorded, but no manifest vouches for it.
+        assert http.get(cut, headers=auth).status_code == 404
 
 
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(

@@ -21,7 +21,13 @@ from ..access import Principal
 from ..context import Context
 from ..errors import BadRequestError, NotFoundError
 from .documents import MANIFEST_PATH
-from .routes import StreamLimiter, _authenticate, _check_query, downloadable_job
+from .routes import (
+    PendingManifests,
+    StreamLimiter,
+    _authenticate,
+    _check_query,
+    downloadable_job,
+)
 
 NOTE_TYPE = "text/plain; charset=utf-8"
 
@@ -97,12 +103,19 @@ async def _job_manifest(request: Request, ctx: Context) -> evidence.SignedManife
     return await _manifest(ctx, job.job_id, None)
 
 
-async def _manifest(ctx: Context, export_id: str, who: Principal | None) -> evidence.SignedManifest:
+async def _manifest(
+    ctx: Context, export_id: str, who: Principal | None, pending: PendingManifests | None = None
+) -> evidence.SignedManifest:
+    """The kept manifest; one of `pending` (a stream that just ended) is waited for."""
+
     def get() -> evidence.SignedManifest | None:
         with ctx.engine.connect() as conn:
             return service.manifest_for(conn, export_id, who)
 
     signed = await run_in_threadpool(get)
+    if signed is None and pending is not None:
+        await pending.wait(ctx, export_id, who)
+        signed = await run_in_threadpool(get)
     if signed is None:
         raise NotFoundError(f"no signed manifest for {export_id[:64]} (yet)")
     return signed
@@ -120,22 +133,24 @@ async def job_signature_route(request: Request, ctx: Context, limiter: StreamLim
     return Response(signed.signature, media_type="application/octet-stream")
 
 
-async def _stream_manifest(request: Request, ctx: Context) -> evidence.SignedManifest:
+async def _stream_manifest(
+    request: Request, ctx: Context, limiter: StreamLimiter
+) -> evidence.SignedManifest:
     who = await _authenticate(request, ctx)
     _check_query(request, ())
     export_id = str(request.path_params["export_id"])
-    return await _manifest(ctx, export_id, who)
+    return await _manifest(ctx, export_id, who, limiter.manifests)
 
 
 async def manifest_route(request: Request, ctx: Context, limiter: StreamLimiter) -> Response:
     """GET /audit/export/manifests/{exportId}: a streamed export's manifest, once it ended."""
-    signed = await _stream_manifest(request, ctx)
+    signed = await _stream_manifest(request, ctx, limiter)
     return Response(signed.manifest, media_type="application/json")
 
 
 async def signature_route(request: Request, ctx: Context, limiter: StreamLimiter) -> Response:
     """GET /audit/export/manifests/{exportId}.sig: its raw Ed25519 signature."""
-    signed = await _stream_manifest(request, ctx)
+    signed = await _stream_manifest(request, ctx, limiter)
     return Response(signed.signature, media_type="application/octet-stream")
 
 

@@ -31,12 +31,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, BinaryIO
 
+import anyio
+from starlette.background import BackgroundTask
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from .. import access, export, jobs, manifests, service
+from .. import access, export, jobs, service
 from ..access import Principal
 from ..config import Settings
 from ..context import Context
@@ -75,6 +77,8 @@ RETRY_BUSY = 10  # seconds a caller over a limit should wait
 # A download asked for a job expected within this long waits for it (checked every step).
 LONG_POLL_SECONDS = 2.0
 LONG_POLL_STEP = 0.05
+# A streamed export's manifest asked for while it is being signed is waited for this long.
+MANIFEST_WAIT_SECONDS = 10.0
 REALM = 'Bearer realm="audit-export"'
 
 Handler = Callable[[Request, Context, "StreamLimiter"], Awaitable[Response]]
@@ -104,6 +108,7 @@ class StreamLimiter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._open: dict[str, int] = {}
+        self.manifests = PendingManifests()  # streams ended whose manifest is being signed
 
     def acquire(self, key: str, limit: int) -> None:
         with self._lock:
@@ -123,6 +128,43 @@ class StreamLimiter:
                 self._open.pop(key, None)
             else:
                 self._open[key] = n
+
+
+class PendingManifests:
+    """Streamed exports whose manifest is being signed now that their response has ended.
+
+    The API signs a stream's manifest after its last byte has left, so the caller does not
+    wait for it; one who asks for that manifest at once is held here until it is kept
+    (`wait`) instead of being told there is none yet. Keyed by database and export id;
+    only the requester (or an admin) is held, so a wait tells no one else of the export.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[tuple[str, str], tuple[str, anyio.Event]] = {}
+
+    def begin(self, ctx: Context, export_id: str, who: Principal) -> Callable[[], None]:
+        """Note the export as being signed; call what is returned once it is (or failed)."""
+        key = (ctx.settings.database_url, export_id)
+        event = anyio.Event()
+        self._pending[key] = (who.email.lower(), event)
+
+        def end() -> None:
+            if self._pending.get(key, (None, None))[1] is event:
+                del self._pending[key]
+            event.set()
+
+        return end
+
+    async def wait(self, ctx: Context, export_id: str, who: Principal | None) -> None:
+        """Wait (at most MANIFEST_WAIT_SECONDS) while this caller's manifest is signed."""
+        entry = self._pending.get((ctx.settings.database_url, export_id))
+        if entry is None:
+            return
+        owner, event = entry
+        if who is not None and not who.is_admin and who.email.lower() != owner:
+            return
+        with anyio.move_on_after(MANIFEST_WAIT_SECONDS):
+            await event.wait()
 
 
 class RefusalGuards:
@@ -303,18 +345,22 @@ async def export_route(request: Request, ctx: Context, limiter: StreamLimiter) -
     limiter.acquire(key, ctx.settings.max_concurrent_streams)
     name = filename(fmt, plan.exported_at)
     try:
-        # The manifest is signed once the last byte has left; its URL is known now.
-        export_id = await run_in_threadpool(manifests.reserve_id, ctx.engine, plan)
-        signed = service.ManifestRequest(export_id, name, str(request.url.query))
-        chunks = service.export_chunks(
-            ctx.engine, who, plan, ctx.settings, channel="api", manifest=signed
+        streamed = service.StreamedExport(
+            ctx.engine,
+            who,
+            plan,
+            ctx.settings,
+            channel="api",
+            manifest=service.ManifestRequest(None, name, str(request.url.query)),
         )
-        # Pull the first chunk (which writes the audit record) before any header leaves,
-        # so a failure there is still an honest error status.
+        chunks = streamed.chunks()
+        # Pull the first chunk (which writes the audit record and reserves the manifest's
+        # id) before any header leaves, so a failure there is still an honest status.
         first = await run_in_threadpool(next, chunks, None)
     except BaseException:
         limiter.release(key)
         raise
+    export_id = str(streamed.export_id)
     manifest_url = PREFIX + MANIFEST_PATH.format(export_id=export_id)
     return StreamingResponse(
         _guarded(chunks, first, lambda: limiter.release(key)),
@@ -325,7 +371,26 @@ async def export_route(request: Request, ctx: Context, limiter: StreamLimiter) -
             "X-Total-Records": str(plan.total),
             "Link": f'<{manifest_url}>; rel="describedby"',
         },
+        background=BackgroundTask(
+            _sign_after, streamed, limiter.manifests.begin(ctx, export_id, who)
+        ),
     )
+
+
+async def _sign_after(streamed: service.StreamedExport, end: Callable[[], None]) -> None:
+    """Once the response has ended: sign the manifest of a stream that was sent whole.
+
+    Signing after the last byte spares the caller its wait (BENCHMARKS.md "Export paths");
+    a stream cut short gets no manifest, as before. A failure is logged, and the manifest
+    route then answers 404 for it.
+    """
+    try:
+        if streamed.complete:
+            await run_in_threadpool(streamed.sign)
+    except Exception:  # noqa: BLE001 - the response has gone: log it, never raise it
+        log.exception("could not sign the manifest of export %s", streamed.export_id)
+    finally:
+        end()
 
 
 def _export_head(plan: export.ExportPlan, immediate: bool) -> Response:
