@@ -282,15 +282,30 @@ def _collect(block: Block, tl: int, keys: set[Key], spans: list[Range]) -> None:
             _collect(half, tl, keys, spans)
 
 
-def _block_hash(block: Block, tl: int, stored: dict[Key, bytes], leaves: dict[int, bytes]) -> bytes:
-    """Hash a perfect subtree from what _collect asked for."""
+def _block_hash(
+    block: Block,
+    tl: int,
+    stored: dict[Key, bytes],
+    leaves: dict[int, bytes],
+    memo: dict[Block, bytes],
+) -> bytes:
+    """Hash a perfect subtree from what _collect asked for (once: `memo` keeps it, for the
+    ranges that share it, as an append's old and new roots share the last tile's start)."""
+    if (known := memo.get(block)) is not None:
+        return known
     start, level = block
     if _is_stored(block, tl):
-        return stored[(level, start >> level)]
-    if level < tl:
-        return _perfect_root([leaves[i] for i in range(start, start + (1 << level))])
-    left, right = _halves(block)
-    return node_hash(_block_hash(left, tl, stored, leaves), _block_hash(right, tl, stored, leaves))
+        digest = stored[(level, start >> level)]
+    elif level < tl:
+        digest = _perfect_root([leaves[i] for i in range(start, start + (1 << level))])
+    else:
+        left, right = _halves(block)
+        digest = node_hash(
+            _block_hash(left, tl, stored, leaves, memo),
+            _block_hash(right, tl, stored, leaves, memo),
+        )
+    memo[block] = digest
+    return digest
 
 
 def _hash_ranges(source: NodeSource, ranges: Sequence[Range]) -> list[bytes]:
@@ -304,7 +319,8 @@ def _hash_ranges(source: NodeSource, ranges: Sequence[Range]) -> list[bytes]:
             _collect(block, tl, keys, spans)
     stored = _fetch_nodes(source, sorted(keys))
     leaves = _read_leaves(source, spans, gap=1 << tl)
-    return [_fold([_block_hash(b, tl, stored, leaves) for b in plan]) for plan in plans]
+    memo: dict[Block, bytes] = {}
+    return [_fold([_block_hash(b, tl, stored, leaves, memo) for b in plan]) for plan in plans]
 
 
 def _fold(hashes: list[bytes]) -> bytes:

@@ -41,9 +41,16 @@ def lock_head(conn: Connection) -> tuple[int, str]:
     Writing first makes SQLite take its write lock before reading anything and makes
     PostgreSQL lock the row, so concurrent appenders queue here instead of forking the chain.
     """
-    conn.execute(update(HEAD).where(HEAD.c.id == 1).values(appends=HEAD.c.appends + 1))
-    row = conn.execute(select(HEAD.c.last_seq, HEAD.c.last_hash).where(HEAD.c.id == 1)).one()
+    if conn.dialect.update_returning:  # one statement (SQLite 3.35+, PostgreSQL)
+        row = conn.execute(_LOCK_RETURNING).one()
+    else:
+        conn.execute(_LOCK)
+        row = conn.execute(select(HEAD.c.last_seq, HEAD.c.last_hash).where(HEAD.c.id == 1)).one()
     return int(row.last_seq), str(row.last_hash)
+
+
+_LOCK = update(HEAD).where(HEAD.c.id == 1).values(appends=HEAD.c.appends + 1)
+_LOCK_RETURNING = _LOCK.returning(HEAD.c.last_seq, HEAD.c.last_hash)
 
 
 def next_id(conn: Connection, prefix: str) -> str:
@@ -105,7 +112,12 @@ def append(conn: Connection, records: Iterable[Record]) -> int:
     Runs inside the caller's transaction, which must be the first write in it.
     Raises RecordConflictError when an id is stored with a different checksum.
     """
-    last_seq, last_hash = lock_head(conn)
+    return _append_locked(conn, records, lock_head(conn))
+
+
+def _append_locked(conn: Connection, records: Iterable[Record], locked: tuple[int, str]) -> int:
+    """append, the lock taken already in this transaction: `locked` is what it returned."""
+    last_seq, last_hash = locked
     head = evidence.read_head(conn)
     size = head.size
     added = 0
@@ -277,7 +289,7 @@ def log_event(
 ) -> Record:
     """Write one of the portal's own events into the log, as an ordinary chained record."""
     when = when or datetime.now(UTC)
-    lock_head(conn)
+    locked = lock_head(conn)  # the id counter is read and raised under the lock
     rid = next_id(conn, f"audit-{when:%Y%m%d}")
     fields = {
         "id": rid,
@@ -292,5 +304,5 @@ def log_event(
     }
     fields["checksum"] = compute_checksum(fields)
     record = normalize(fields)
-    append(conn, [record])
+    _append_locked(conn, [record], locked)
     return record
