@@ -362,8 +362,15 @@ async def export_route(request: Request, ctx: Context, limiter: StreamLimiter) -
         raise
     export_id = str(streamed.export_id)
     manifest_url = PREFIX + MANIFEST_PATH.format(export_id=export_id)
+    signed = limiter.manifests.begin(ctx, export_id, who)
+
+    def release() -> None:
+        limiter.release(key)
+        if not streamed.complete:  # cut short: no manifest will come, no one waits for it
+            signed()
+
     return StreamingResponse(
-        _guarded(chunks, first, lambda: limiter.release(key)),
+        _guarded(chunks, first, release),
         200,
         media_type=CONTENT_TYPES[fmt],
         headers={
@@ -371,9 +378,7 @@ async def export_route(request: Request, ctx: Context, limiter: StreamLimiter) -
             "X-Total-Records": str(plan.total),
             "Link": f'<{manifest_url}>; rel="describedby"',
         },
-        background=BackgroundTask(
-            _sign_after, streamed, limiter.manifests.begin(ctx, export_id, who)
-        ),
+        background=BackgroundTask(_sign_after, streamed, signed),
     )
 
 
