@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -91,6 +92,10 @@ PACE = {
     ("postgresql", "jsonl"): 380_000,
 }
 MAX_RETRY_AFTER = 60
+# A job's pace is learnt from this installation's own finished jobs of the format (the last
+# PACE_SAMPLE of at least PACE_MIN_ROWS rows: a small job's fixed costs would mislead).
+PACE_SAMPLE = 5
+PACE_MIN_ROWS = 100_000
 TOO_MANY_RETRY_SECONDS = 60  # a queue slot frees when a job finishes: minutes, not seconds
 
 
@@ -301,19 +306,21 @@ def seconds_left(
     *,
     retry_at: datetime | None = None,
     engine: str | None = None,
+    pace: float | None = None,
 ) -> float:
     """How long until an active job's file is ready, as well as can be told now.
 
     While it runs: the rows left at the pace it has kept so far; before its first report
-    of rows (the first lease renewal), its size at the measured pace less the time it has
-    run. Before it starts: its size at the job path's measured pace for the engine and
-    format (PACE; ASSUMED_ROWS_PER_SECOND when unknown), plus the time until a retry may
-    start.
+    of rows (the first lease renewal), its size at the expected pace less the time it has
+    run. Before it starts: its size at the expected pace, plus the time until a retry may
+    start. The expected pace is `pace` (observed_pace: this installation's own), else the
+    one measured for the engine and format (PACE; ASSUMED_ROWS_PER_SECOND when unknown).
     """
     now = now or datetime.now(UTC)
     left_rows = max(job.estimated_records - job.rows_written, 0)
     started = job.started_at
-    pace = PACE.get((engine or "", job.format), ASSUMED_ROWS_PER_SECOND)
+    if pace is None or pace <= 0:
+        pace = PACE.get((engine or "", job.format), ASSUMED_ROWS_PER_SECOND)
     if job.state == JobState.PROCESSING.value and started is not None:
         elapsed = (now - _aware(started)).total_seconds()
         if job.rows_written > 0 and elapsed > 0:
@@ -325,12 +332,40 @@ def seconds_left(
     return wait + left_rows / pace
 
 
+def observed_pace(conn: Connection, fmt: str) -> float | None:
+    """Rows per second of this installation's recent large jobs of the format (their
+    median, started -> finished); None before any has finished.
+
+    PACE was measured on one machine; a real one (its disks, its cores, its engine's
+    tuning) keeps its own pace, which tells a poller its Retry-After better.
+    """
+    rows = conn.execute(
+        select(J.c.rows_written, J.c.started_at, J.c.finished_at)
+        .where(
+            J.c.state.in_((JobState.COMPLETED.value, JobState.EXPIRED.value)),
+            J.c.format == fmt,
+            J.c.rows_written >= PACE_MIN_ROWS,
+            J.c.started_at.is_not(None),
+            J.c.finished_at.is_not(None),
+        )
+        .order_by(J.c.finished_at.desc())
+        .limit(PACE_SAMPLE)
+    ).all()
+    paces = [
+        r.rows_written / seconds
+        for r in rows
+        if (seconds := (_aware(r.finished_at) - _aware(r.started_at)).total_seconds()) > 0
+    ]
+    return statistics.median(paces) if paces else None
+
+
 def retry_after(
     job: JobInfo,
     now: datetime | None = None,
     *,
     retry_at: datetime | None = None,
     engine: str | None = None,
+    pace: float | None = None,
 ) -> int:
     """The Retry-After to send a poller of an active job: seconds_left in whole seconds.
 
@@ -338,7 +373,7 @@ def retry_after(
     download route until the job is done (http.routes LONG_POLL_SECONDS), while one sent
     away for a whole extra second would just wait.
     """
-    left = seconds_left(job, now, retry_at=retry_at, engine=engine)
+    left = seconds_left(job, now, retry_at=retry_at, engine=engine, pace=pace)
     return max(1, min(math.floor(left + 1e-9), MAX_RETRY_AFTER))
 
 

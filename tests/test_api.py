@@ -735,3 +735,38 @@ def test_a_download_asked_for_a_job_nearly_done_waits_for_it(api: Api) -> None:
             w.stop()
     assert got.status_code == 200, got.text
     assert got.content == library_bytes(api.engine, "csv", to=TO)
+
+
+def test_retry_after_is_counted_at_the_pace_this_installation_has_kept(api: Api) -> None:
+    """A big job that finished here at 10 rows/s (a slow disk, say): the next 75-row job is
+    told to come back in 7 s, not the 1 s the bench machine's pace would say."""
+    start = datetime.now(UTC) - timedelta(days=1)
+    with api.engine.begin() as conn:
+        conn.execute(
+            ExportJob.__table__.insert().values(
+                job_id="export-20260301-900",
+                state="completed",
+                requested_by="boss@empresa.com",
+                requested_role="admin",
+                scope="null",
+                filter_json="{}",
+                filter_text="",
+                format="csv",
+                compression="none",
+                estimated_records=100_000,
+                snapshot_seq=0,
+                source_ip="",
+                created_at=start,
+                started_at=start,
+                finished_at=start + timedelta(seconds=10_000),
+                rows_written=100_000,
+                attempts=1,
+            )
+        )
+    add(api.engine, LIMIT + 25)
+    queued = api.get("/audit/export", api.admin, format="csv", to=TO)
+    assert queued.status_code == 202, queued.text
+    assert queued.headers["retry-after"] == "7"  # 75 rows at 10 rows/s
+    job_id = queued.json()["metadata"]["jobId"]
+    assert api.get(f"/audit/export/jobs/{job_id}", api.admin).headers["retry-after"] == "7"
+    assert api.get("/audit/export", api.admin, format="json", to=TO).headers["retry-after"] == "1"

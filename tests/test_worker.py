@@ -686,3 +686,56 @@ def test_retry_after_uses_the_measured_pace_of_the_engine_and_format() -> None:
     assert jobs.seconds_left(csv_job, now, engine="oracle") == (
         1_400_000 / jobs.ASSUMED_ROWS_PER_SECOND
     )
+
+
+def finished_job(
+    engine: Engine, n: int, fmt: str, rows: int, seconds: float, state: str = "completed"
+) -> None:
+    """A job row as the worker leaves it: `rows` written in `seconds`, an hour ago + n s."""
+    start = datetime.now(UTC) - timedelta(hours=1) + timedelta(seconds=n)
+    with engine.begin() as conn:
+        conn.execute(
+            ExportJob.__table__.insert().values(
+                job_id=f"export-20260301-{n:03d}",
+                state=state,
+                requested_by=ANA.email,
+                requested_role="auditor",
+                scope="null",
+                filter_json="{}",
+                filter_text="",
+                format=fmt,
+                compression="none",
+                estimated_records=rows,
+                snapshot_seq=0,
+                source_ip="",
+                created_at=start,
+                started_at=start,
+                finished_at=start + timedelta(seconds=seconds),
+                rows_written=rows,
+                attempts=1,
+            )
+        )
+
+
+def test_retry_after_learns_the_pace_of_this_installations_own_jobs(engine: Engine) -> None:
+    """PACE was measured on one machine: once large jobs have finished here, their median
+    pace (per format) is what a poller's Retry-After is counted at."""
+    with engine.connect() as conn:
+        assert jobs.observed_pace(conn, "json") is None  # nothing finished yet: PACE it is
+    finished_job(engine, 1, "json", 1_000_000, 5.0)  # 200k rows/s
+    finished_job(engine, 2, "json", 1_000_000, 4.0, state="expired")  # 250k rows/s
+    finished_job(engine, 3, "json", 2_000_000, 10.0)  # 200k rows/s
+    finished_job(engine, 4, "json", 50_000, 0.01)  # too small to tell a pace
+    finished_job(engine, 5, "csv", 1_000_000, 1.0)  # another format
+    finished_job(engine, 6, "json", 1_000_000, 1.0, state="failed")  # not a finished file
+    with engine.connect() as conn:
+        pace = jobs.observed_pace(conn, "json")
+        assert jobs.observed_pace(conn, "csv") == pytest.approx(1_000_000)
+    assert pace == pytest.approx(200_000)
+    queued = info(format="json", estimated_records=1_000_000)
+    now = datetime(2026, 3, 1, 12, 0, 10, tzinfo=UTC)
+    assert jobs.seconds_left(queued, now, engine="postgresql", pace=pace) == pytest.approx(5.0)
+    assert jobs.retry_after(queued, now, engine="postgresql", pace=pace) == 5
+    assert jobs.retry_after(queued, now, engine="postgresql") == int(
+        1_000_000 / jobs.PACE[("postgresql", "json")]
+    )

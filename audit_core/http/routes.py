@@ -333,12 +333,15 @@ async def export_route(request: Request, ctx: Context, limiter: StreamLimiter) -
     if not service.is_immediate(plan, ctx.settings):
         job = await run_in_threadpool(jobs.enqueue, ctx.engine, plan, who, ctx.settings)
         doc = job_document(job)
+        pace = await _pace(ctx, job)
         return JSONResponse(
             doc,
             202,
             headers={
                 "Location": JOB_URL.format(job_id=job.job_id),
-                "Retry-After": str(jobs.retry_after(job, engine=ctx.settings.engine_kind)),
+                "Retry-After": str(
+                    jobs.retry_after(job, engine=ctx.settings.engine_kind, pace=pace)
+                ),
             },
         )
     key = _limit_key(who, request)
@@ -461,10 +464,11 @@ async def download_route(request: Request, ctx: Context, limiter: StreamLimiter)
     if jobs.is_expired(job):
         raise GoneError(f"export job {job.job_id} has expired and its file was removed")
     if job.state in jobs.ACTIVE:
-        job = await _nearly_done(ctx, job, who)
-    if job.state in jobs.ACTIVE:
-        doc, headers = await _document(ctx, job)
-        return JSONResponse(doc, 202, headers=headers)
+        pace = await _pace(ctx, job)
+        job = await _nearly_done(ctx, job, who, pace)
+        if job.state in jobs.ACTIVE:
+            doc, headers = await _document(ctx, job, pace)
+            return JSONResponse(doc, 202, headers=headers)
     if job.state != jobs.JobState.COMPLETED:
         failed = job.state == jobs.JobState.FAILED
         why = f": {job.last_error}" if failed and job.last_error else ""
@@ -645,10 +649,22 @@ async def _require_file(ctx: Context, job: jobs.JobInfo) -> None:
         raise GoneError(f"export job {job.job_id} has expired and its file was removed")
 
 
-async def _nearly_done(ctx: Context, job: jobs.JobInfo, who: Principal) -> jobs.JobInfo:
+async def _pace(ctx: Context, job: jobs.JobInfo) -> float | None:
+    """This installation's own pace for the job's format (jobs.observed_pace)."""
+
+    def read() -> float | None:
+        with ctx.engine.connect() as conn:
+            return jobs.observed_pace(conn, job.format)
+
+    return await run_in_threadpool(read)
+
+
+async def _nearly_done(
+    ctx: Context, job: jobs.JobInfo, who: Principal, pace: float | None
+) -> jobs.JobInfo:
     """A job expected within LONG_POLL_SECONDS is waited for here, so the poller who came
     back after its (whole-second) Retry-After gets the file now instead of another 202."""
-    if jobs.seconds_left(job, engine=ctx.settings.engine_kind) > LONG_POLL_SECONDS:
+    if jobs.seconds_left(job, engine=ctx.settings.engine_kind, pace=pace) > LONG_POLL_SECONDS:
         return job
     deadline = time.monotonic() + LONG_POLL_SECONDS
 
@@ -666,10 +682,12 @@ async def _nearly_done(ctx: Context, job: jobs.JobInfo, who: Principal) -> jobs.
     return job
 
 
-async def _document(ctx: Context, job: jobs.JobInfo) -> tuple[dict[str, Any], dict[str, str]]:
-    """The job's document and, while it is active, the Retry-After its file is expected in.
-
-    A job waiting to retry a failed attempt says when it will.
+async def _document(
+    ctx: Context, job: jobs.JobInfo, pace: float | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The job's document and, while it is active, the Retry-After its file is expected in
+    (at `pace`, read here when not given). A job waiting to retry a failed attempt says
+    when it will.
     """
     retry = None
     if job.state == jobs.JobState.QUEUED and job.last_error:
@@ -681,7 +699,8 @@ async def _document(ctx: Context, job: jobs.JobInfo) -> tuple[dict[str, Any], di
         retry = await run_in_threadpool(read)
     headers = {}
     if job.state in jobs.ACTIVE:
-        left = jobs.retry_after(job, retry_at=retry, engine=ctx.settings.engine_kind)
+        pace = pace if pace is not None else await _pace(ctx, job)
+        left = jobs.retry_after(job, retry_at=retry, engine=ctx.settings.engine_kind, pace=pace)
         headers["Retry-After"] = str(left)
     return job_document(job, retry_at=retry), headers
 
