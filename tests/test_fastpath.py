@@ -10,7 +10,7 @@ from sqlalchemy import Engine, select
 from audit_core import export, fastpath, formats, query, store
 from audit_core.filters import AuditFilter
 from audit_core.models import AUDIT
-from audit_core.record import FIELDS, compute_checksum, normalize
+from audit_core.record import FIELDS, FREE_TEXT, compute_checksum, normalize
 from tests.conftest import add_demo
 
 # Values that stress CSV quoting, formula neutralisation and JSON escaping.
@@ -399,3 +399,23 @@ def test_controls_counts_the_bytes_up_to_cr() -> None:
     data = bytes(range(256)) * 3
     assert fastpath.controls(data) == 3 * 14
     assert fastpath.count_byte(data + b"\n\n", 0x0A) == (data + b"\n\n").count(b"\n") == 5
+
+
+def test_leads_finds_every_free_text_cell_that_might_need_neutralising() -> None:
+    """The CSV batch check for formula leads: any free-text cell starting below 'A' sends
+    the batch cell by cell (a source address may start with a digit, ':' or '.'), an
+    empty cell or a lead in the id, timestamp or checksum does not."""
+
+    def line(**cells: str) -> bytes:
+        row = {f: "A" for f in FIELDS} | cells
+        return b"\xff".join(row[f].encode() for f in FIELDS) + b"\r\n"
+
+    clean = line(sourceIP="10.0.0.1") + line(sourceIP="2001:db8::1") + line(sourceIP="::1")
+    assert not fastpath.leads(clean, 3)
+    assert not fastpath.leads(line(id="=1", timestamp="-", checksum="+", user=""), 1)
+    for field in FREE_TEXT:
+        for lead in "=+-@\t'" if field != "sourceIP" else "=+-@'":
+            assert fastpath.leads(clean + line(**{field: lead + "x"}), 4), (field, lead)
+    assert fastpath.leads(line(resource="/path"), 1)  # below 'A': a superset, told exactly later
+    assert not fastpath.leads(line(resource="ünïcode"), 1)
+    assert fastpath.leads(clean, 4)  # the separators do not add up: let the exact path decide
