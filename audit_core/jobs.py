@@ -310,11 +310,14 @@ def seconds_left(
 ) -> float:
     """How long until an active job's file is ready, as well as can be told now.
 
-    While it runs: the rows left at the pace it has kept so far; before its first report
-    of rows (the first lease renewal), its size at the expected pace less the time it has
-    run. Before it starts: its size at the expected pace, plus the time until a retry may
-    start. The expected pace is `pace` (observed_pace: this installation's own), else the
-    one measured for the engine and format (PACE; ASSUMED_ROWS_PER_SECOND when unknown).
+    While it runs: its size at the expected pace less the time it has run, or, once it has
+    reported rows (lease renewals), the rows left at the pace it has kept so far when that
+    is sooner or the expected time has passed. A job's first seconds are its slowest (a
+    COPY's sort, say), so its own pace alone would send a poller away past the end; one
+    sent back early is held by the download's long-poll or told again. Before it starts:
+    its size at the expected pace, plus the time until a retry may start. The expected
+    pace is `pace` (observed_pace: this installation's own), else the one measured for
+    the engine and format (PACE; ASSUMED_ROWS_PER_SECOND when unknown).
     """
     now = now or datetime.now(UTC)
     left_rows = max(job.estimated_records - job.rows_written, 0)
@@ -322,10 +325,12 @@ def seconds_left(
     if pace is None or pace <= 0:
         pace = PACE.get((engine or "", job.format), ASSUMED_ROWS_PER_SECOND)
     if job.state == JobState.PROCESSING.value and started is not None:
-        elapsed = (now - _aware(started)).total_seconds()
+        elapsed = max((now - _aware(started)).total_seconds(), 0.0)
+        expected = job.estimated_records / pace - elapsed
         if job.rows_written > 0 and elapsed > 0:
-            return left_rows / (job.rows_written / elapsed)
-        return max(left_rows / pace - max(elapsed, 0.0), 0.0)
+            own = left_rows / (job.rows_written / elapsed)
+            return min(own, expected) if expected > 0 else own
+        return max(expected, 0.0)
     wait = 0.0
     if retry_at is not None:
         wait = max((_aware(retry_at) - now).total_seconds(), 0.0)

@@ -644,14 +644,19 @@ def test_retry_after_follows_the_jobs_own_pace_once_it_has_one() -> None:
     queued = info()
     assert jobs.seconds_left(queued, now) == 3_000_000 / jobs.ASSUMED_ROWS_PER_SECOND
     assert jobs.retry_after(queued, now) == 10
-    # Started 4 s ago and 1M rows written: 2M left at 250k rows/s is 8 s.
-    running = info(
-        state="processing",
-        started_at=datetime(2026, 3, 1, 12, 0, 6, tzinfo=UTC),
-        rows_written=1_000_000,
-    )
-    assert jobs.seconds_left(running, now) == pytest.approx(8.0)
-    assert jobs.retry_after(running, now) == 8
+    # Started 4 s ago and 2M rows written: 1M left at its 500k rows/s is 2 s.
+    started = datetime(2026, 3, 1, 12, 0, 6, tzinfo=UTC)
+    running = info(state="processing", started_at=started, rows_written=2_000_000)
+    assert jobs.seconds_left(running, now) == pytest.approx(2.0)
+    assert jobs.retry_after(running, now) == 2
+    # 1M written in those 4 s: 2M left at 250k rows/s is 8 s, but a job's first seconds
+    # are its slowest, and at the expected pace it is done in 10 - 4 = 6 s: the sooner.
+    slow_start = replace(running, rows_written=1_000_000)
+    assert jobs.seconds_left(slow_start, now) == pytest.approx(6.0)
+    # Once the expected time has passed, its own pace it is: 1M in 12 s, 2M left is 24 s.
+    late = replace(slow_start, started_at=started - timedelta(seconds=8))
+    assert jobs.seconds_left(late, now) == pytest.approx(24.0)
+    assert jobs.retry_after(late, now) == 24
     # Waiting 30 s to retry a failed attempt: that wait comes first.
     retry = datetime(2026, 3, 1, 12, 0, 40, tzinfo=UTC)
     assert jobs.retry_after(queued, now, retry_at=retry) == 40
