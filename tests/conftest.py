@@ -7,6 +7,7 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from audit_core.config import Settings
 from audit_core.context import Context
 from audit_core.db import make_engine, migrate
 from audit_core.demo import generate
+from audit_core.models import ExportJob
 from audit_core.record import compute_checksum
 
 with warnings.catch_warnings():  # starlette warns that httpx is deprecated for TestClient
@@ -155,6 +157,35 @@ def add_demo(engine: Engine, n: int, seed: int = 1) -> int:
     """Append n generated demo records."""
     with engine.begin() as conn:
         return store.append(conn, generate(n, seed=seed))
+
+
+def finished_job(
+    engine: Engine, n: int, fmt: str, rows: int, seconds: float, state: str = "completed"
+) -> None:
+    """A job row as the worker leaves it: `rows` written in `seconds`, a day ago + n s."""
+    start = datetime.now(UTC) - timedelta(days=1) + timedelta(seconds=n)
+    with engine.begin() as conn:
+        conn.execute(
+            ExportJob.__table__.insert().values(
+                job_id=f"export-20260301-{n:03d}",
+                state=state,
+                requested_by="ana@empresa.com",
+                requested_role="auditor",
+                scope="null",
+                filter_json="{}",
+                filter_text="",
+                format=fmt,
+                compression="none",
+                estimated_records=rows,
+                snapshot_seq=0,
+                source_ip="",
+                created_at=start,
+                started_at=start,
+                finished_at=start + timedelta(seconds=seconds),
+                rows_written=rows,
+                attempts=1,
+            )
+        )
 
 
 @contextmanager

@@ -30,6 +30,8 @@ from audit_core.filters import AuditFilter
 from audit_core.http import links
 from audit_core.models import AuditRecord, ExportJob
 
+from .conftest import finished_job
+
 with warnings.catch_warnings():  # starlette warns that httpx is deprecated for TestClient
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
@@ -740,29 +742,7 @@ def test_a_download_asked_for_a_job_nearly_done_waits_for_it(api: Api) -> None:
 def test_retry_after_is_counted_at_the_pace_this_installation_has_kept(api: Api) -> None:
     """A big job that finished here at 10 rows/s (a slow disk, say): the next 75-row job is
     told to come back in 7 s, not the 1 s the bench machine's pace would say."""
-    start = datetime.now(UTC) - timedelta(days=1)
-    with api.engine.begin() as conn:
-        conn.execute(
-            ExportJob.__table__.insert().values(
-                job_id="export-20260301-900",
-                state="completed",
-                requested_by="boss@empresa.com",
-                requested_role="admin",
-                scope="null",
-                filter_json="{}",
-                filter_text="",
-                format="csv",
-                compression="none",
-                estimated_records=100_000,
-                snapshot_seq=0,
-                source_ip="",
-                created_at=start,
-                started_at=start,
-                finished_at=start + timedelta(seconds=10_000),
-                rows_written=100_000,
-                attempts=1,
-            )
-        )
+    finished_job(api.engine, 900, "csv", 100_000, 10_000.0)
     add(api.engine, LIMIT + 25)
     queued = api.get("/audit/export", api.admin, format="csv", to=TO)
     assert queued.status_code == 202, queued.text

@@ -37,7 +37,7 @@ from audit_core.worker import (
     sweep_expired,
 )
 
-from .conftest import add_demo
+from .conftest import add_demo, finished_job
 
 ROOT = Path(__file__).resolve().parents[1]
 ANA = Principal("ana@empresa.com", "auditor", None, "10.0.0.5")
@@ -691,35 +691,6 @@ def test_retry_after_uses_the_measured_pace_of_the_engine_and_format() -> None:
     assert jobs.seconds_left(csv_job, now, engine="oracle") == (
         1_400_000 / jobs.ASSUMED_ROWS_PER_SECOND
     )
-
-
-def finished_job(
-    engine: Engine, n: int, fmt: str, rows: int, seconds: float, state: str = "completed"
-) -> None:
-    """A job row as the worker leaves it: `rows` written in `seconds`, an hour ago + n s."""
-    start = datetime.now(UTC) - timedelta(hours=1) + timedelta(seconds=n)
-    with engine.begin() as conn:
-        conn.execute(
-            ExportJob.__table__.insert().values(
-                job_id=f"export-20260301-{n:03d}",
-                state=state,
-                requested_by=ANA.email,
-                requested_role="auditor",
-                scope="null",
-                filter_json="{}",
-                filter_text="",
-                format=fmt,
-                compression="none",
-                estimated_records=rows,
-                snapshot_seq=0,
-                source_ip="",
-                created_at=start,
-                started_at=start,
-                finished_at=start + timedelta(seconds=seconds),
-                rows_written=rows,
-                attempts=1,
-            )
-        )
 
 
 def test_retry_after_learns_the_pace_of_this_installations_own_jobs(engine: Engine) -> None:
