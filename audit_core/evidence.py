@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
 
 from . import signing, tree
 from .config import Settings
@@ -109,10 +109,25 @@ def note_head(note: str) -> tuple[str, int, bytes]:
     return lines[0], int(lines[1]), base64.b64decode(lines[2], validate=True)
 
 
+_READ_HEAD = select(HEAD.c.tree_size, HEAD.c.tree_root, HEAD.c.signed_head).where(HEAD.c.id == 1)
+_ADVANCE = (
+    update(HEAD)
+    .where(HEAD.c.id == 1)
+    .values(
+        tree_size=bindparam("b_size"),
+        tree_root=bindparam("b_root"),
+        signed_head=bindparam("b_note"),
+    )
+)
+_ADVANCE_UNSIGNED = (
+    update(HEAD)
+    .where(HEAD.c.id == 1)
+    .values(tree_size=bindparam("b_size"), tree_root=bindparam("b_root"))
+)
+
+
 def read_head(conn: Connection) -> Head:
-    row = conn.execute(
-        select(HEAD.c.tree_size, HEAD.c.tree_root, HEAD.c.signed_head).where(HEAD.c.id == 1)
-    ).one()
+    row = conn.execute(_READ_HEAD).one()
     root = None if row.tree_root is None else bytes(row.tree_root)
     return Head(int(row.tree_size or 0), root, row.signed_head)
 
@@ -148,11 +163,12 @@ def check_head(conn: Connection, head: Head, new_size: int | None = None) -> byt
 def advance_head(conn: Connection, size: int, root: bytes | None = None) -> None:
     """Record the tree's new size and root, and sign them when a signer is attached."""
     root = tree.root(conn, size) if root is None else root
-    values: dict[str, Any] = {"tree_size": size, "tree_root": root}
+    values: dict[str, Any] = {"b_size": size, "b_root": root}
     signer = signer_for(conn)
-    if signer is not None:
-        values["signed_head"] = signer.checkpoint(size, root)
-    conn.execute(update(HEAD).where(HEAD.c.id == 1).values(**values))
+    if signer is None:
+        conn.execute(_ADVANCE_UNSIGNED, values)
+    else:
+        conn.execute(_ADVANCE, {**values, "b_note": signer.checkpoint(size, root)})
 
 
 # ------------------------------------------------------------------------- checkpoints

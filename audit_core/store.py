@@ -12,6 +12,7 @@ from sqlalchemy import (
     ARRAY,
     Connection,
     String,
+    bindparam,
     cast,
     delete,
     except_,
@@ -55,14 +56,34 @@ _LOCK_RETURNING = _LOCK.returning(HEAD.c.last_seq, HEAD.c.last_hash)
 
 def next_id(conn: Connection, prefix: str) -> str:
     """Return the next daily id for prefix (e.g. 'audit-20260301'); caller holds the lock."""
-    last = conn.execute(select(COUNTERS.c.last).where(COUNTERS.c.prefix == prefix)).scalar()
+    last = conn.execute(_COUNTER, {"prefix": prefix}).scalar()
     if last is None:
         conn.execute(insert(COUNTERS).values(prefix=prefix, last=1))
         n = 1
     else:
         n = int(last) + 1
-        conn.execute(update(COUNTERS).where(COUNTERS.c.prefix == prefix).values(last=n))
+        conn.execute(_RAISE_COUNTER, {"b_prefix": prefix, "b_last": n})
     return f"{prefix}-{n:03d}"
+
+
+# The statements every audited action runs, built once: building and keying a statement
+# cost SQLAlchemy more than SQLite took to run most of them (BENCHMARKS.md "Export paths").
+_COUNTER = select(COUNTERS.c.last).where(COUNTERS.c.prefix == bindparam("prefix"))
+_RAISE_COUNTER = (
+    update(COUNTERS)
+    .where(COUNTERS.c.prefix == bindparam("b_prefix"))
+    .values(last=bindparam("b_last"))
+)
+_COUNTERS_IN = select(COUNTERS.c.prefix, COUNTERS.c.last).where(
+    COUNTERS.c.prefix.in_(bindparam("prefixes", expanding=True))
+)
+_CHECKSUMS_IN = select(T.c.id, T.c.checksum).where(T.c.id.in_(bindparam("ids", expanding=True)))
+_MAX_SEQ = select(func.max(T.c.seq))
+_CHAIN = (
+    update(HEAD)
+    .where(HEAD.c.id == 1)
+    .values(last_seq=bindparam("b_seq"), last_hash=bindparam("b_hash"))
+)
 
 
 def _raise_counters(conn: Connection, records: Sequence[Record]) -> None:
@@ -74,9 +95,7 @@ def _raise_counters(conn: Connection, records: Sequence[Record]) -> None:
             highest[prefix] = max(highest.get(prefix, 0), int(m.group(2)))
     if not highest:
         return
-    rows = conn.execute(
-        select(COUNTERS.c.prefix, COUNTERS.c.last).where(COUNTERS.c.prefix.in_(list(highest)))
-    ).all()
+    rows = conn.execute(_COUNTERS_IN, {"prefixes": list(highest)}).all()
     known = {p: int(last) for p, last in rows}
     for prefix, n in highest.items():
         if prefix not in known:
@@ -102,7 +121,7 @@ def existing_checksums(conn: Connection, ids: Sequence[str]) -> dict[str, str]:
     found: dict[str, str] = {}
     for i in range(0, len(ids), 900):
         chunk = list(ids[i : i + 900])
-        found.update(conn.execute(select(T.c.id, T.c.checksum).where(T.c.id.in_(chunk))).all())
+        found.update(conn.execute(_CHECKSUMS_IN, {"ids": chunk}).all())
     return found
 
 
@@ -160,10 +179,8 @@ def _append_locked(conn: Connection, records: Iterable[Record], locked: tuple[in
     # transaction: a refusal rolls everything back), in one pass with the new root.
     new_root = evidence.check_head(conn, head, size if added else None)
     if added:
-        last_seq = conn.execute(select(func.max(T.c.seq))).scalar() or 0
-        conn.execute(
-            update(HEAD).where(HEAD.c.id == 1).values(last_seq=last_seq, last_hash=last_hash)
-        )
+        last_seq = conn.execute(_MAX_SEQ).scalar() or 0
+        conn.execute(_CHAIN, {"b_seq": last_seq, "b_hash": last_hash})
         evidence.advance_head(conn, size, new_root)
     return added
 
@@ -182,15 +199,21 @@ def _add_day_counts(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
 def _upsert_counts(
     conn: Connection, table: Any, keys: tuple[str, ...], counts: Counter[Any]
 ) -> None:
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as upsert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as upsert  # type: ignore[assignment]
-    stmt = upsert(table)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[table.c[k] for k in keys], set_={"n": table.c.n + stmt.excluded.n}
-    )
+    stmt = _UPSERTS.get((conn.dialect.name, table.name))
+    if stmt is None:
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as upsert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as upsert  # type: ignore[assignment]
+        base = upsert(table)
+        stmt = base.on_conflict_do_update(
+            index_elements=[table.c[k] for k in keys], set_={"n": table.c.n + base.excluded.n}
+        )
+        _UPSERTS[(conn.dialect.name, table.name)] = stmt
     conn.execute(stmt, [{**dict(zip(keys, k, strict=True)), "n": n} for k, n in counts.items()])
+
+
+_UPSERTS: dict[tuple[str, str], Any] = {}  # (dialect, table): its counts upsert, built once
 
 
 def floor_bucket(ts: Any, width: int) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import Connection, insert, select, tuple_
+from sqlalchemy import Connection, bindparam, insert, select, tuple_
 
 from . import merkle
 from .models import AUDIT, NODES
@@ -24,6 +24,13 @@ def leaf_of(checksum: str) -> bytes:
     return merkle.leaf_hash(bytes.fromhex(checksum[len(CHECKSUM_PREFIX) :]))
 
 
+_LEAVES = (  # built once: every append reads the last partial tile's leaves
+    select(AUDIT.c.leaf, AUDIT.c.checksum)
+    .where(AUDIT.c.leaf >= bindparam("start"), AUDIT.c.leaf < bindparam("end"))
+    .order_by(AUDIT.c.leaf)
+)
+
+
 class DbSource:
     """A merkle.NodeSource over the records and merkle_nodes of one connection."""
 
@@ -31,11 +38,7 @@ class DbSource:
         self.conn = conn
 
     def leaves(self, start: int, end: int) -> list[bytes]:
-        rows = self.conn.execute(
-            select(AUDIT.c.leaf, AUDIT.c.checksum)
-            .where(AUDIT.c.leaf >= start, AUDIT.c.leaf < end)
-            .order_by(AUDIT.c.leaf)
-        ).all()
+        rows = self.conn.execute(_LEAVES, {"start": start, "end": end}).all()
         if [r.leaf for r in rows] != list(range(start, end)):
             raise LookupError(f"the log has no records for every leaf in [{start}, {end})")
         return [leaf_of(r.checksum) for r in rows]
