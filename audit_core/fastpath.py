@@ -169,9 +169,11 @@ def controls(data: bytes) -> int:
     return int(np.count_nonzero(np.frombuffer(data, np.uint8) <= 0x0D))
 
 
+_LEAD = frozenset(b"=+-@\t\r\n'")
+_FREE_IDX = tuple(FIELDS.index(f) for f in FREE_TEXT)
 # Each free-text cell's place among a row's 0xFF separators: it starts just after the
 # separator before it (every free-text field has a field before it and one after it).
-_FREE_SEPS = tuple(FIELDS.index(f) - 1 for f in FREE_TEXT)
+_FREE_SEPS = tuple(i - 1 for i in _FREE_IDX)
 _IP_COLUMN = FREE_TEXT.index("sourceIP")
 
 
@@ -203,10 +205,6 @@ def count_byte(data: bytes, byte: int) -> int:
     import numpy as np
 
     return int(np.count_nonzero(np.frombuffer(data, np.uint8) == byte))
-
-
-_LEAD = frozenset(b"=+-@\t\r\n'")
-_FREE_IDX = tuple(FIELDS.index(f) for f in FREE_TEXT)
 
 
 def _exact_line(line: bytes) -> bytes:

@@ -118,10 +118,9 @@ def fits_immediate(total: int, settings: Settings) -> bool:
 
 @dataclass(frozen=True)
 class ManifestRequest:
-    """Sign a manifest once the stream has ended, for this file name (and under this id;
-    None: an id reserved in the audit record's transaction)."""
+    """Sign a manifest once the stream has ended, for this file name; its id is reserved in
+    the audit record's transaction."""
 
-    export_id: str | None
     file_name: str
     description: str
 
@@ -129,8 +128,8 @@ class ManifestRequest:
 class StreamedExport:
     """An immediate export handed out as it is built, and its manifest signed after.
 
-    `chunks()` writes the audit.export record (and, with a manifest and no id, reserves the
-    manifest's id in the same transaction) once the first chunk is built and before it is
+    `chunks()` writes the audit.export record (and, with a manifest, reserves the manifest's
+    id in the same transaction, `export_id`) once the first chunk is built and before it is
     handed out: a reader who hangs up half-way has still been recorded, and if the record
     cannot be written nothing is handed out. With a manifest, the bytes are hashed on the
     way and `sign()` keeps the signed manifest once the last one has left (`complete`).
@@ -151,26 +150,24 @@ class StreamedExport:
         check_plan(who, plan)
         self.engine, self.who, self.plan, self.settings = engine, who, plan, settings
         self.channel, self.manifest = channel, manifest
-        self.export_id = manifest.export_id if manifest is not None else None
+        self.export_id: str | None = None  # reserved with the audit record (a manifest)
         self.complete = False  # every chunk was built and handed out
         self._sink = signing.HashingSink()
 
     def chunks(self) -> Iterator[bytes]:
         """The export's bytes; the audit record is written before the first one leaves."""
-        reserve = self.manifest is not None and self.export_id is None
         with self.engine.connect() as conn:
             chunks = export.chunks(conn, self.plan)
             try:
                 first = next(chunks, None)
-                reserved = record_export(
+                self.export_id = record_export(
                     self.engine,
                     self.who,
                     self.plan,
                     self.settings,
                     channel=self.channel,
-                    reserve_id=reserve,
+                    reserve_id=self.manifest is not None,
                 )
-                self.export_id = reserved or self.export_id
                 head = [first] if first is not None else []
                 if self.manifest is None:
                     yield from itertools.chain(head, chunks)

@@ -298,8 +298,7 @@ def export_bytes(
         plan = service.plan_export(conn, who, flt, fmt)
     manifest = None
     if file_name is not None and evidence.signer_for(engine) is not None:
-        # Its id is reserved in the audit record's transaction.
-        manifest = service.ManifestRequest(None, file_name, flt.describe())
+        manifest = service.ManifestRequest(file_name, flt.describe())
     chunks = service.export_chunks(engine, who, plan, settings, channel="ui", manifest=manifest)
     return b"".join(chunks)
 

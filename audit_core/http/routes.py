@@ -354,7 +354,7 @@ async def export_route(request: Request, ctx: Context, limiter: StreamLimiter) -
             plan,
             ctx.settings,
             channel="api",
-            manifest=service.ManifestRequest(None, name, str(request.url.query)),
+            manifest=service.ManifestRequest(name, str(request.url.query)),
         )
         chunks = streamed.chunks()
         # Pull the first chunk (which writes the audit record and reserves the manifest's
@@ -365,12 +365,12 @@ async def export_route(request: Request, ctx: Context, limiter: StreamLimiter) -
         raise
     export_id = str(streamed.export_id)
     manifest_url = PREFIX + MANIFEST_PATH.format(export_id=export_id)
-    signed = limiter.manifests.begin(ctx, export_id, who)
+    signing_done = limiter.manifests.begin(ctx, export_id, who)
 
     def release() -> None:
         limiter.release(key)
         if not streamed.complete:  # cut short: no manifest will come, no one waits for it
-            signed()
+            signing_done()
 
     return StreamingResponse(
         _guarded(chunks, first, release),
@@ -381,7 +381,7 @@ async def export_route(request: Request, ctx: Context, limiter: StreamLimiter) -
             "X-Total-Records": str(plan.total),
             "Link": f'<{manifest_url}>; rel="describedby"',
         },
-        background=BackgroundTask(_sign_after, streamed, signed),
+        background=BackgroundTask(_sign_after, streamed, signing_done),
     )
 
 
